@@ -1,0 +1,36 @@
+# Two commands: `make demo` (set up, then the main job) and `make test` (set up, then every test).
+# Both create .venv idempotently; as root they also install the Debian packages they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup data demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; \
+	fi
+
+demo: setup data
+	$(BIN)/python -m masksub_exp.train
+
+test: setup data
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check masksub_exp tests
+
+lint: setup
+	$(BIN)/ruff check masksub_exp tests
+
+clean:
+	rm -rf $(VENV) outputs/*/

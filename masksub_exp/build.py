@@ -1,0 +1,104 @@
+"""Build every part of a run from validated settings: data, model + sub-branch, optimizer, schedule,
+loss, mixing, EMA, precision and sinks. The engine receives them ready to use."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoints import config_hash
+from .config import ConfigError, Settings
+from .data import Loaders, build_loaders
+from .distributed import DistInfo
+from .losses import RecipeLoss, build_loss
+from .models import MaskSubModel, build_model
+from .optim import build_optimizer, build_scheduler, effective_lr
+from .sinks import Sinks, build_sinks
+from .step import Precision
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    dist: DistInfo
+    run_dir: Path
+    model: MaskSubModel  # the bare model (checkpoints, EMA, eval)
+    train_model: nn.Module  # what the step calls: the model, or its DDP wrapper
+    loaders: Loaders
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss: RecipeLoss
+    mixup: Mixup | None
+    ema: ModelEmaV3 | None
+    precision: Precision
+    sinks: Sinks
+    steps_per_epoch: int
+    total_steps: int
+    lr: float
+    cfg_hash: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_precision(name: str, device: torch.device) -> Precision:
+    if name == "bf16":
+        return Precision(torch.bfloat16)
+    if name == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
+        return Precision(torch.float16, torch.amp.GradScaler("cuda"))
+    return Precision()
+
+
+def build_mixup(settings: Settings) -> Mixup | None:
+    aug = settings.recipe.aug
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return None
+    if settings.train.batch_size % 2:
+        raise ConfigError(f"train.batch_size={settings.train.batch_size}: mixup/cutmix need an even batch size")
+    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
+                 switch_prob=aug.mixup_switch_prob, label_smoothing=aug.label_smoothing,
+                 num_classes=settings.data.num_classes)
+
+
+def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_step: int = 0) -> Parts:
+    seed_everything(settings.seed + dist.rank)
+    t = settings.train
+    loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=t.batch_size, seed=settings.seed,
+                            rank=dist.rank, world_size=dist.world_size,
+                            pin_memory=settings.data.pin_memory and dist.device.type == "cuda")
+    steps_per_epoch = len(loaders.train)
+    total_steps = steps_per_epoch * t.epochs
+    # the model is built after the loaders so its initialisation does not depend on the data
+    model = build_model(settings.model, settings.data, settings.masksub).to(dist.device)
+    train_model: nn.Module = model
+    if dist.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
+                                              else None)
+    lr = effective_lr(settings.recipe.optimizer, t.batch_size * dist.world_size)
+    optimizer = build_optimizer(model, settings.recipe.optimizer, lr)
+    scheduler = build_scheduler(optimizer, settings.recipe.schedule, epochs=t.epochs,
+                                steps_per_epoch=steps_per_epoch)
+    mixup = build_mixup(settings)
+    ema = ModelEmaV3(model.net, decay=settings.recipe.ema_decay) if settings.recipe.ema_decay else None
+    sinks = build_sinks(run_dir, is_main=dist.is_main, logger_name=settings.logger.name,
+                        progress=t.progress, total_steps=min(total_steps, t.max_steps or total_steps),
+                        resumed_step=resumed_step)
+    return Parts(
+        settings=settings, dist=dist, run_dir=run_dir, model=model, train_model=train_model, loaders=loaders,
+        optimizer=optimizer, scheduler=scheduler, loss=build_loss(settings.recipe, mixing=mixup is not None),
+        mixup=mixup, ema=ema, precision=build_precision(t.precision, dist.device), sinks=sinks,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
+    )

@@ -1,0 +1,119 @@
+"""Atomic checkpoints of everything a bit-exact resume needs.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over
+`last.pt`, so a crash at any moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Settings
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed (per process)
+
+
+def config_hash(settings: Settings) -> str:
+    """A hash of everything that changes the trajectory (not caps, logging or worker counts)."""
+    d = asdict(settings)
+    for key in ("max_steps", "log_every", "ckpt_every", "eval_every", "resume", "progress", "device"):
+        d["train"].pop(key)
+    d["data"].pop("num_workers")
+    d["data"].pop("pin_memory")
+    d.pop("paths")
+    d.pop("logger")
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to `path` atomically (temp file + fsync + rename + fsync of the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: Path) -> dict[str, Any]:
+    # weights_only=False: our own checkpoints hold RNG states and numpy objects
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a masksub-exp checkpoint (format {FORMAT_VERSION})")
+    return payload
+
+
+def build_payload(*, parts: Any, state: TrainState, cfg_hash: str, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything in `parts` (an engine.Parts), the loop position, every rank's RNG streams, the config hash."""
+    return {
+        "format": FORMAT_VERSION,
+        "config_hash": cfg_hash,
+        "state": asdict(state),
+        "model": parts.model.net.state_dict(),
+        "sub_params": parts.model.sub_params.state_dict(),
+        "ema": parts.ema.state_dict() if parts.ema is not None else None,
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.precision.scaler.state_dict() if parts.precision.scaler is not None else None,
+        "rng": rng,
+    }
+
+
+def restore_payload(payload: dict[str, Any], parts: Any, rank: int = 0) -> TrainState:
+    parts.model.net.load_state_dict(payload["model"])
+    parts.model.sub_params.load_state_dict(payload["sub_params"])
+    if parts.ema is not None and payload["ema"] is not None:
+        parts.ema.load_state_dict(payload["ema"])
+    parts.optimizer.load_state_dict(payload["optimizer"])
+    parts.scheduler.load_state_dict(payload["scheduler"])
+    if parts.precision.scaler is not None and payload["scaler"] is not None:
+        parts.precision.scaler.load_state_dict(payload["scaler"])
+    rngs = payload["rng"]
+    # a run resumed on another number of processes still resumes, with rank 0's streams as a base
+    set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    return TrainState(**payload["state"])

@@ -1,0 +1,255 @@
+"""Structured configs for the engine's own groups.
+
+The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/train.yaml`, so a
+misspelt key or a value of the wrong type fails while Hydra composes. Range checks that OmegaConf
+cannot express (a ratio in [0, 1), a positive lr, ...) live in `__post_init__` and run in
+`to_settings`, the first thing `train()` does, before anything is built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and what is accepted."""
+
+
+def _check(ok: bool, key: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not valid: expected {accepted}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+@dataclass
+class ModelConfig:
+    library: str = "timm"  # timm | transformers
+    name: str = "vit_tiny_patch16_224"  # a timm model name, or a transformers class (BertForSequenceClassification)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("model.library", self.library, ("timm", "transformers"))
+        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "[0, 1)")
+        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "[0, 1)")
+
+
+DATASETS = ("fashion_mnist", "imagefolder", "synthetic", "synthetic_text")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None
+    num_classes: int = 10
+    in_chans: int = 1
+    img_size: int = 28
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+    num_workers: int = 0
+    pin_memory: bool = True
+    train_limit: int | None = None  # use only the first N training samples (quick runs)
+    synthetic_train_size: int = 256
+    synthetic_val_size: int = 64
+    seq_len: int = 32  # text: tokens per sequence, padding included
+    vocab_size: int = 100  # synthetic_text only
+
+    def __post_init__(self) -> None:
+        _choice("data.name", self.name, DATASETS)
+        _check(self.num_classes >= 2, "data.num_classes", self.num_classes, "an integer >= 2")
+        _check(self.img_size > 0, "data.img_size", self.img_size, "a positive integer")
+        _check(len(self.mean) == len(self.std) == self.in_chans, "data.mean/data.std",
+               (self.mean, self.std), f"{self.in_chans} values each (data.in_chans)")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        if self.name == "imagefolder":
+            _check(bool(self.root), "data.root", self.root, "a folder with train/ and val/ class folders")
+        if self.root and not self.name.startswith("synthetic") and not os.path.isdir(self.root):
+            raise ConfigError(f"data.root={self.root!r} does not exist (data.name={self.name})")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # any timm optimizer name (adamw, lamb, sgd, ...)
+    lr: float = 1e-3
+    lr_base_batch: int | None = None  # if set, lr is scaled by global_batch / lr_base_batch
+    weight_decay: float = 0.05
+    layer_decay: float | None = None
+    betas: list[float] | None = None
+    eps: float | None = None
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "recipe.optimizer.lr", self.lr, "a positive number")
+        _check(self.weight_decay >= 0, "recipe.optimizer.weight_decay", self.weight_decay, ">= 0")
+        _check(self.lr_base_batch is None or self.lr_base_batch > 0, "recipe.optimizer.lr_base_batch",
+               self.lr_base_batch, "null or a positive integer")
+        _check(self.layer_decay is None or 0 < self.layer_decay <= 1, "recipe.optimizer.layer_decay",
+               self.layer_decay, "null or (0, 1]")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _choice("recipe.schedule.name", self.name, ("cosine", "linear", "constant"))
+        _check(self.warmup_epochs >= 0, "recipe.schedule.warmup_epochs", self.warmup_epochs, ">= 0")
+
+
+@dataclass
+class AugConfig:
+    # small-image pipeline (Fashion-MNIST): random shift by padding + crop, horizontal flip
+    random_crop_pad: int = 0
+    hflip: float = 0.5
+    # timm create_transform pipeline (ImageFolder)
+    auto_augment: str | None = None  # '3a' (DeiT-III 3-Augment), 'rand-m9-mstd0.5-inc1', ...
+    color_jitter: float | None = None
+    reprob: float = 0.0
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875  # eval crop
+    # batch-level mixing and targets
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
+            value = getattr(self, key)
+            _check(0.0 <= value <= 1.0, f"recipe.aug.{key}", value, "[0, 1]")
+        _check(0.0 <= self.label_smoothing < 1.0, "recipe.aug.label_smoothing", self.label_smoothing, "[0, 1)")
+        _check(self.mixup >= 0 and self.cutmix >= 0, "recipe.aug.mixup/cutmix", (self.mixup, self.cutmix), ">= 0")
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"  # ce (softmax family) | bce (sigmoid family)
+    bce_target_thresh: float | None = None  # DeiT-III binarises mixed targets with 0.0
+
+    def __post_init__(self) -> None:
+        _choice("recipe.loss.name", self.name, ("ce", "bce"))
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "demo"
+    epochs: int = 5
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "recipe.epochs", self.epochs, "a positive integer")
+        _check(self.clip_grad is None or self.clip_grad > 0, "recipe.clip_grad", self.clip_grad, "null or > 0")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "recipe.ema_decay", self.ema_decay,
+               "null or (0, 1)")
+
+
+MASKSUB_MODES = ("off", "mask", "droppath", "dropout")
+
+
+@dataclass
+class MaskSubConfig:
+    mode: str = "mask"
+    ratio: float = 0.5  # the masked fraction (mask), or the drop probability (droppath, dropout)
+    unit_px: int = 32  # Swin / CNN masking unit in pixels (the paper's 32x32 blocks)
+
+    def __post_init__(self) -> None:
+        _choice("masksub.mode", self.mode, MASKSUB_MODES)
+        _check(0.0 <= self.ratio < 1.0, "masksub.ratio", self.ratio, "a number in [0, 1)")
+        _check(self.unit_px > 0, "masksub.unit_px", self.unit_px, "a positive number of pixels")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    max_steps: int | None = None  # a cap on optimizer steps, for smoke runs
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 50
+    ckpt_every: int = 0  # optimizer steps between checkpoints; 0: at epoch ends only
+    eval_every: int = 1  # epochs
+    resume: str = "auto"  # auto | never
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
+        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps, "null or > 0")
+        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
+        _check(self.accum_steps > 0, "train.accum_steps", self.accum_steps, "a positive integer")
+        _check(self.batch_size % self.accum_steps == 0, "train.batch_size", self.batch_size,
+               f"a multiple of train.accum_steps={self.accum_steps}")
+        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("train.resume", self.resume, ("auto", "never"))
+        _check(self.log_every > 0, "train.log_every", self.log_every, "a positive integer")
+        _check(self.ckpt_every >= 0, "train.ckpt_every", self.ckpt_every, ">= 0")
+        _check(self.eval_every > 0, "train.eval_every", self.eval_every, "a positive integer")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+
+    def __post_init__(self) -> None:
+        _choice("logger.name", self.name, ("none",))
+
+
+@dataclass
+class PathsConfig:
+    log_dir: str = "outputs"
+    output_dir: str = "outputs/default"  # this run's folder (Hydra's run dir)
+
+
+@dataclass
+class Settings:
+    """The whole run, validated. `train(cfg)` works on this, never on raw dicts."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    masksub: MaskSubConfig = field(default_factory=MaskSubConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    name: str = "demo"
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/train.yaml` can name it first in its defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=Settings)
+
+
+def to_settings(cfg: DictConfig | Settings) -> Settings:
+    """Resolve and validate a composed config (raises ConfigError naming the bad key)."""
+    if isinstance(cfg, Settings):
+        return cfg
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Settings), cfg))
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf's validation errors: keep its message, which names the key
+        raise ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc

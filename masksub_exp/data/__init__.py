@@ -1,0 +1,74 @@
+"""Datasets and loaders from config. Training yields (index, seed) through a resumable sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import AugConfig, DataConfig
+from .fashion_mnist import FashionMNIST
+from .imagefolder import image_folder
+from .sampler import ResumableSampler, SeededDataset, train_sampler
+from .synthetic import SyntheticImages
+from .synthetic_text import SyntheticText
+from .transforms import imagefolder_transform, small_image_transform
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    sampler: ResumableSampler
+    eval: DataLoader
+    train_size: int
+    eval_size: int
+
+
+def build_datasets(data: DataConfig, aug: AugConfig, seed: int) -> tuple[Dataset, Dataset]:
+    if data.name == "fashion_mnist":
+        return (
+            FashionMNIST(data.root, "train", small_image_transform(data, aug, True), limit=data.train_limit),
+            FashionMNIST(data.root, "test", small_image_transform(data, aug, False)),
+        )
+    if data.name == "synthetic":
+        def make(size: int, split_seed: int, train: bool) -> Dataset:
+            tf = small_image_transform(data, aug, train, scale_uint8=False)
+            return SyntheticImages(size, data.num_classes, data.in_chans, data.img_size, split_seed, tf,
+                                   prototype_seed=seed)
+        return make(data.synthetic_train_size, seed + 1, True), make(data.synthetic_val_size, seed + 2, False)
+    if data.name == "synthetic_text":
+        return (SyntheticText(data.synthetic_train_size, data.num_classes, data.vocab_size, data.seq_len, seed + 1),
+                SyntheticText(data.synthetic_val_size, data.num_classes, data.vocab_size, data.seq_len, seed + 2))
+    if data.name == "imagefolder":
+        assert data.root is not None
+        return (
+            image_folder(data.root, "train", imagefolder_transform(data, aug, True)),
+            image_folder(data.root, "val", imagefolder_transform(data, aug, False)),
+        )
+    raise ValueError(f"data.name={data.name!r} is not a known dataset")
+
+
+def build_loaders(data: DataConfig, aug: AugConfig, *, batch_size: int, seed: int, rank: int = 0,
+                  world_size: int = 1, pin_memory: bool = False) -> Loaders:
+    train_set, eval_set = build_datasets(data, aug, seed)
+    if len(train_set) < batch_size * world_size:
+        raise ValueError(
+            f"the training set has {len(train_set)} samples, fewer than one global batch "
+            f"(train.batch_size={batch_size} x {world_size} processes)"
+        )
+    sampler = train_sampler(train_set, seed, rank, world_size)
+    workers = data.num_workers
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    # own generators: creating a loader iterator must not draw from the global RNG, or a resumed
+    # run's random streams would drift from an uninterrupted run's
+    train_loader = DataLoader(SeededDataset(train_set), batch_size=batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    # a strided shard without padding, so ranks' counts add up to exactly the eval set
+    eval_sampler = list(range(rank, len(eval_set), world_size))
+    eval_loader = DataLoader(eval_set, batch_size=batch_size, sampler=eval_sampler,
+                             generator=torch.Generator().manual_seed(seed), **common)
+    return Loaders(train_loader, sampler, eval_loader, len(train_set), len(eval_set))
+
+
+__all__ = ["Loaders", "build_datasets", "build_loaders", "FashionMNIST", "SyntheticImages"]

@@ -1,0 +1,84 @@
+"""Resumable, seeded sampling.
+
+Each index is yielded with a per-sample seed derived from (seed, epoch, rank, position), and
+`SeededDataset` seeds the augmentation RNGs with it. A sample's augmentation therefore does not
+depend on which worker loads it or on what was loaded before, so a run resumed mid-epoch (by
+skipping the batches already consumed) sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+
+def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    ss = np.random.SeedSequence([seed, epoch, rank, position])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+class ResumableSampler(Sampler):
+    """Wraps an epoch-aware index sampler; yields (index, sample_seed) and can skip a prefix."""
+
+    def __init__(self, base: Sampler[int], seed: int, rank: int = 0) -> None:
+        self.base = base
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.base):
+            if position >= self.skip:
+                yield int(index), sample_seed(self.seed, self.epoch, self.rank, position)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+
+def train_sampler(dataset: Dataset, seed: int, rank: int, world_size: int) -> ResumableSampler:
+    base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return ResumableSampler(base, seed=seed, rank=rank)
+
+
+class SeededDataset(Dataset):
+    """Seeds python, numpy and torch RNGs per sample when given (index, seed) pairs."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, tuple):
+            index, seed = item
+            if torch.utils.data.get_worker_info() is None:
+                # in the main process: don't disturb the training RNG streams
+                state = (random.getstate(), np.random.get_state())
+                with torch.random.fork_rng(devices=[]):
+                    _seed_all(seed)
+                    sample = self.base[index]
+                random.setstate(state[0])
+                np.random.set_state(state[1])
+                return sample
+            _seed_all(seed)
+            return self.base[index]
+        return self.base[item]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    # the CPU generator only: torch.manual_seed would also (re)seed every CUDA device, 30x slower
+    torch.default_generator.manual_seed(seed)

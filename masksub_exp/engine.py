@@ -1,0 +1,188 @@
+"""The one training loop: epochs, the step, logging cadence, evaluation and checkpoints.
+
+It never knows the model family (the model runs its own sub-branch) nor where metrics end up
+(it hands flat records to the sinks). Host syncs happen only every `train.log_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoints
+from .build import Parts
+from .checkpoints import TrainState
+from .distributed import all_reduce_sum, barrier
+from .step import Batch, StepResult, batch_len, train_step
+from .subbranch.base import call_network
+
+
+def to_device(x: Batch, device: torch.device) -> Batch:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+
+
+class LossMeter:
+    """Sums losses on the device between log points, so the step never waits for the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(3, device=self.device)  # loss_main, loss_sub, steps
+        self.images = 0
+        self.data_time = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, result: StepResult, images: int) -> None:
+        sub = result.loss_sub if result.loss_sub is not None else torch.zeros((), device=self.device)
+        self.sums += torch.stack([result.loss_main, sub, torch.ones((), device=self.device)])
+        self.images += images
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return max(group["lr"] for group in optimizer.param_groups)
+
+
+def log_train(p: Parts, meter: LossMeter, state: TrainState) -> None:
+    sums = all_reduce_sum(meter.sums.clone()).tolist()  # the only host sync of the logging window
+    loss_main, loss_sub, count = sums[0] / sums[2], sums[1] / sums[2], sums[2]
+    if not math.isfinite(loss_main) or not math.isfinite(loss_sub):
+        branch = "main" if not math.isfinite(loss_main) else "sub"
+        raise FloatingPointError(
+            f"non-finite {branch}-branch loss in the {int(count / p.dist.world_size)} steps up to step "
+            f"{state.step} (loss_main={loss_main}, loss_sub={loss_sub}); the last checkpoint is kept"
+        )
+    elapsed = time.perf_counter() - meter.start
+    record: dict[str, Any] = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss_main": loss_main}
+    if p.settings.masksub.enabled:
+        record["loss_sub"] = loss_sub
+    record["lr"] = _current_lr(p.optimizer)
+    record["img_per_s"] = meter.images * p.dist.world_size / max(elapsed, 1e-9)
+    record["data_wait_frac"] = meter.data_time / max(elapsed, 1e-9)
+    p.sinks.log(record)
+    meter.reset()
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, p: Parts) -> dict[str, float]:
+    """Top-1/top-5 (%) of the main branch over the whole eval set, summed across ranks."""
+    was_training = net.training
+    net.eval()
+    k = min(5, p.settings.data.num_classes)
+    totals = torch.zeros(3, device=p.dist.device)  # correct@1, correct@k, count
+    for x, y in p.loaders.eval:
+        x, y = to_device(x, p.dist.device), y.to(p.dist.device, non_blocking=True)
+        with p.precision.autocast(p.dist.device.type):
+            logits = call_network(net, x)
+        topk = logits.float().topk(k, dim=-1).indices
+        hits = topk.eq(y.unsqueeze(-1))
+        totals += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(y), device=y.device)]).float()
+    net.train(was_training)
+    correct1, correctk, count = all_reduce_sum(totals).tolist()
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correctk / count}
+
+
+def evaluate_all(p: Parts, state: TrainState) -> dict[str, Any]:
+    record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": state.epoch, **evaluate(p.model.net, p)}
+    if p.ema is not None:
+        record.update({f"ema_{k}": v for k, v in evaluate(p.ema.module, p).items()})
+    p.sinks.log(record)
+    return record
+
+
+def save_checkpoint(p: Parts, state: TrainState) -> None:
+    rng = [checkpoints.rng_state()]
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * p.dist.world_size
+        dist.all_gather_object(gathered, rng[0])
+        rng = gathered
+    if p.dist.is_main:
+        payload = checkpoints.build_payload(parts=p, state=state, cfg_hash=p.cfg_hash, rng=rng)
+        checkpoints.save_atomic(payload, p.run_dir / "checkpoints" / "last.pt")
+    barrier()
+
+
+def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter) -> bool:
+    """Run the rest of `state.epoch`; True when the epoch ran to its end."""
+    t = p.settings.train
+    device = p.dist.device
+    p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * t.batch_size)
+    p.model.train()
+    fetch_start = time.perf_counter()
+    for x, y in p.loaders.train:
+        meter.data_time += time.perf_counter() - fetch_start
+        x, y = to_device(x, device), y.to(device, non_blocking=True)
+        if p.mixup is not None:
+            x, y = p.mixup(x, y)
+        p.scheduler.step_update(num_updates=state.step)
+        result = train_step(p.train_model, (x, y), p.optimizer, p.loss, masksub=p.settings.masksub.enabled,
+                            accum_steps=t.accum_steps, clip_grad=p.settings.recipe.clip_grad,
+                            precision=p.precision)
+        if p.ema is not None:
+            p.ema.update(p.model.net, step=state.step)
+        state.step += 1
+        state.batch_in_epoch += 1
+        meter.add(result, batch_len(x))
+        if state.step % t.log_every == 0 or state.step == max_steps:
+            log_train(p, meter, state)
+        if t.ckpt_every and state.step % t.ckpt_every == 0:
+            save_checkpoint(p, state)
+        if state.step >= max_steps:
+            return state.batch_in_epoch >= p.steps_per_epoch
+        fetch_start = time.perf_counter()
+    return True
+
+
+def fit(p: Parts, state: TrainState) -> dict[str, Any]:
+    """Train from `state` to the end (or to train.max_steps); returns the summary."""
+    t = p.settings.train
+    max_steps = min(p.total_steps, t.max_steps or p.total_steps)
+    meter = LossMeter(p.dist.device)
+    started = time.perf_counter()
+    start_step = state.step
+    last_eval: dict[str, Any] = {}
+    while state.epoch < t.epochs and state.step < max_steps:
+        if not train_epoch(p, state, max_steps, meter):
+            break
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
+            last_eval = evaluate_all(p, state)
+        save_checkpoint(p, state)
+    if last_eval.get("step") != state.step:  # stopped mid-epoch, or resumed a finished run
+        last_eval = evaluate_all(p, state)
+        save_checkpoint(p, state)
+    summary = {
+        "name": p.settings.name,
+        "model": p.settings.model.name,
+        "recipe": p.settings.recipe.name,
+        "masksub_mode": p.settings.masksub.mode,
+        "masksub_ratio": p.settings.masksub.ratio if p.settings.masksub.enabled else 0.0,
+        "seed": p.settings.seed,
+        "step": state.step,
+        "epoch": state.epoch,
+        "steps_this_session": state.step - start_step,
+        "wall_time_s": time.perf_counter() - started,
+        "world_size": p.dist.world_size,
+        "global_batch": t.batch_size * p.dist.world_size,
+        "lr": p.lr,
+        **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch")},
+    }
+    if p.dist.is_main:
+        write_json(p.run_dir / "summary.json", summary)
+    return summary
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)

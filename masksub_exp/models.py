@@ -1,0 +1,73 @@
+"""Build the network from config and wrap it with its sub-branch.
+
+`MaskSubModel.forward(x, sub=True)` runs the sub-branch. Routing both passes through one module's
+forward keeps DDP's reducer in charge of both backwards (calling the inner modules directly would
+bypass DDP's forward and its bookkeeping).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from .config import DataConfig, MaskSubConfig, ModelConfig
+from .subbranch import SubBranch, build_subbranch
+from .subbranch.base import call_network
+
+
+def build_transformers_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
+    """A transformers sequence classifier built from a config (random weights; never downloads)."""
+    import transformers  # imported only for text models
+
+    model_class = getattr(transformers, model_cfg.name, None)
+    if model_class is None:
+        raise ValueError(f"model.name={model_cfg.name!r} is not a transformers model class")
+    config_class = model_class.config_class
+    kwargs = dict(model_cfg.kwargs)
+    kwargs.setdefault("num_labels", data_cfg.num_classes)
+    if model_cfg.drop_rate:
+        kwargs.setdefault("hidden_dropout_prob", model_cfg.drop_rate)
+    return model_class(config_class(**kwargs))
+
+
+def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
+    """A timm model with the data's classes, channels and input size. Never downloads weights."""
+    if model_cfg.library == "transformers":
+        return build_transformers_network(model_cfg, data_cfg)
+    kwargs = dict(model_cfg.kwargs)
+    kwargs.setdefault("num_classes", data_cfg.num_classes)
+    kwargs.setdefault("in_chans", data_cfg.in_chans)
+    if model_cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = model_cfg.drop_path_rate
+    if model_cfg.drop_rate:
+        kwargs["drop_rate"] = model_cfg.drop_rate
+    try:
+        return timm.create_model(model_cfg.name, pretrained=False, **kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model" error
+        raise ValueError(f"model.name={model_cfg.name!r}: {exc}") from exc
+
+
+class MaskSubModel(nn.Module):
+    """The network plus the adapter that runs its sub-branch (None when MaskSub is off)."""
+
+    def __init__(self, net: nn.Module, sub: SubBranch | None) -> None:
+        super().__init__()
+        self.net = net
+        self.sub = sub
+        # adapter-owned parameters (e.g. a mask token) live here so DDP and the optimizer see them
+        self.sub_params = nn.ParameterList(sub.extra_parameters() if sub else [])
+
+    def forward(self, x: Any, sub: bool = False) -> torch.Tensor:
+        if sub:
+            if self.sub is None:
+                raise RuntimeError("sub-branch requested but MaskSub is off")
+            return self.sub.forward(self.net, x)
+        return call_network(self.net, x)
+
+
+def build_model(model_cfg: ModelConfig, data_cfg: DataConfig, masksub_cfg: MaskSubConfig) -> MaskSubModel:
+    net = build_network(model_cfg, data_cfg)
+    return MaskSubModel(net, build_subbranch(net, masksub_cfg))

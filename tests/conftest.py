@@ -1,0 +1,47 @@
+"""Shared fixtures: compose the real conf/ tree with Hydra's compose API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import masksub_exp.train  # noqa: F401  (registers the schema and resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def compose_cfg(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
+    """The config `python -m masksub_exp.train <overrides>` would see, with run paths in `out_dir`."""
+    extra = []
+    if out_dir is not None:
+        extra = [f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir.parent}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides + extra)
+
+
+def smoke_overrides(**kw: object) -> list[str]:
+    base = {"experiment": "smoke", "train.progress": "false"}
+    base.update({k.replace("__", "."): str(v) for k, v in kw.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running the CLI in a subprocess from the repo root."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,85 @@
+"""Composition of every option and preset, and the promised config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from masksub_exp.config import ConfigError, Settings, to_settings
+
+from .conftest import CONF, compose_cfg
+
+GROUPS = ["model", "data", "recipe", "masksub", "logger", "paths"]
+
+
+def _options(group: str) -> list[str]:
+    folder = CONF / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "imagefolder":
+        (tmp_path / "img" / "train").mkdir(parents=True)
+        overrides.append(f"data.root={tmp_path / 'img'}")
+    settings = to_settings(compose_cfg(overrides, tmp_path / "run"))
+    assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize("preset", _options("experiment"))
+def test_every_experiment_preset_composes(preset: str, tmp_path: Path) -> None:
+    settings = to_settings(compose_cfg([f"experiment={preset}"], tmp_path / "run"))
+    assert settings.name
+
+
+def test_default_is_the_demo(tmp_path: Path) -> None:
+    s = to_settings(compose_cfg([], tmp_path / "run"))
+    assert s.name == "demo" and s.data.name == "fashion_mnist" and s.masksub.mode == "mask"
+    assert s.train.epochs == s.recipe.epochs == 5
+
+
+def test_cli_contract_keys(tmp_path: Path) -> None:
+    s = to_settings(compose_cfg(["masksub=off", "train.epochs=3", "train.max_steps=7", "train.batch_size=16",
+                                 "seed=4"], tmp_path / "run"))
+    assert (s.masksub.enabled, s.train.epochs, s.train.max_steps, s.train.batch_size, s.seed) == (False, 3, 7, 16, 4)
+    s = to_settings(compose_cfg(["masksub=mask", "masksub.ratio=0.25"], tmp_path / "run"))
+    assert s.masksub.mode == "mask" and s.masksub.ratio == 0.25
+
+
+@pytest.mark.parametrize("override,key", [
+    ("masksub.ratoi=0.5", "ratoi"),
+    ("train.batchsize=3", "batchsize"),
+    ("recipe.optimizer.lrr=0.1", "lrr"),
+])
+def test_misspelt_key_fails_at_compose_naming_it(override: str, key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([override], tmp_path / "run")
+    assert key in str(info.value) + str(info.value.__cause__)
+
+
+def test_wrong_type_fails_at_compose(tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["masksub.ratio=half"], tmp_path / "run")
+    assert "ratio" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("masksub.ratio=1.0", "masksub.ratio"),
+    ("masksub.ratio=-0.1", "masksub.ratio"),
+    ("masksub.ratio=1.5", "masksub.ratio"),
+    ("masksub.mode=blur", "masksub.mode"),
+    ("recipe.optimizer.lr=-1", "recipe.optimizer.lr"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.accum_steps=3", "train.batch_size"),
+    ("train.precision=fp8", "train.precision"),
+    ("data=fashion_mnist data.root=/nonexistent/folder", "data.root"),
+    ("data=imagefolder", "data.root"),
+])
+def test_bad_values_name_the_key(override: str, key: str, tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=smoke", *override.split()], tmp_path / "run")
+    with pytest.raises(ConfigError) as info:
+        to_settings(cfg)
+    assert key in str(info.value)
