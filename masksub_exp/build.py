@@ -19,7 +19,7 @@ from .config import ConfigError, Settings
 from .data import Loaders, build_loaders
 from .distributed import DistInfo
 from .losses import RecipeLoss, build_loss
-from .models import MaskSubModel, build_model
+from .models import MaskSubModel, build_model, compile_network, is_token_model
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .sinks import Sinks, build_sinks
 from .step import Precision
@@ -44,6 +44,7 @@ class Parts:
     total_steps: int
     lr: float
     cfg_hash: str
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 def seed_everything(seed: int) -> None:
@@ -73,6 +74,20 @@ def build_mixup(settings: Settings) -> Mixup | None:
                  num_classes=settings.data.num_classes)
 
 
+def channels_last(settings: Settings, model: MaskSubModel, dist: DistInfo) -> bool:
+    return settings.train.channels_last and dist.device.type == "cuda" and not is_token_model(model.net)
+
+
+def prepare_model(settings: Settings, dist: DistInfo) -> MaskSubModel:
+    """The model with its sub-branch, on the device, in its memory format, compiled if asked."""
+    model = build_model(settings.model, settings.data, settings.masksub).to(dist.device)
+    if channels_last(settings, model, dist):
+        model = model.to(memory_format=torch.channels_last)
+    if settings.train.compile:
+        compile_network(model, settings.train.compile_mode)
+    return model
+
+
 def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_step: int = 0) -> Parts:
     seed_everything(settings.seed + dist.rank)
     t = settings.train
@@ -82,7 +97,7 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     steps_per_epoch = len(loaders.train)
     total_steps = steps_per_epoch * t.epochs
     # the model is built after the loaders so its initialisation does not depend on the data
-    model = build_model(settings.model, settings.data, settings.masksub).to(dist.device)
+    model = prepare_model(settings, dist)
     train_model: nn.Module = model
     if dist.distributed:
         train_model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
@@ -101,4 +116,5 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
         optimizer=optimizer, scheduler=scheduler, loss=build_loss(settings.recipe, mixing=mixup is not None),
         mixup=mixup, ema=ema, precision=build_precision(t.precision, dist.device), sinks=sinks,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
+        memory_format=torch.channels_last if channels_last(settings, model, dist) else torch.contiguous_format,
     )

@@ -193,6 +193,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     resume: str = "auto"  # auto | never
     progress: bool = True
+    compile: bool = False  # torch.compile the training forward of both branches
+    compile_mode: str = "model"  # model: one graph per branch | blocks: ViT/Swin block by block
+    channels_last: bool = True  # for convolutional models on CUDA
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
@@ -204,6 +207,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.resume", self.resume, ("auto", "never"))
+        _choice("train.compile_mode", self.compile_mode, ("model", "blocks"))
         _check(self.log_every > 0, "train.log_every", self.log_every, "a positive integer")
         _check(self.ckpt_every >= 0, "train.ckpt_every", self.ckpt_every, ">= 0")
         _check(self.eval_every > 0, "train.eval_every", self.eval_every, "a positive integer")

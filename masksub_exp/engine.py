@@ -23,8 +23,10 @@ from .step import Batch, StepResult, batch_len, train_step
 from .subbranch.base import call_network
 
 
-def to_device(x: Batch, device: torch.device) -> Batch:
+def to_device(x: Batch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> Batch:
     if isinstance(x, torch.Tensor):
+        if x.dim() == 4:
+            return x.to(device, non_blocking=True, memory_format=memory_format)
         return x.to(device, non_blocking=True)
     return {k: v.to(device, non_blocking=True) for k, v in x.items()}
 
@@ -80,7 +82,7 @@ def evaluate(net: torch.nn.Module, p: Parts) -> dict[str, float]:
     k = min(5, p.settings.data.num_classes)
     totals = torch.zeros(3, device=p.dist.device)  # correct@1, correct@k, count
     for x, y in p.loaders.eval:
-        x, y = to_device(x, p.dist.device), y.to(p.dist.device, non_blocking=True)
+        x, y = to_device(x, p.dist.device, p.memory_format), y.to(p.dist.device, non_blocking=True)
         with p.precision.autocast(p.dist.device.type):
             logits = call_network(net, x)
         topk = logits.float().topk(k, dim=-1).indices
@@ -111,31 +113,34 @@ def save_checkpoint(p: Parts, state: TrainState) -> None:
     barrier()
 
 
+def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: LossMeter, max_steps: int) -> None:
+    """Everything the loop does for one batch already on the device: the hot path."""
+    t = p.settings.train
+    if p.mixup is not None:
+        x, y = p.mixup(x, y)
+    p.scheduler.step_update(num_updates=state.step)
+    result = train_step(p.train_model, (x, y), p.optimizer, p.loss, masksub=p.settings.masksub.enabled,
+                        accum_steps=t.accum_steps, clip_grad=p.settings.recipe.clip_grad, precision=p.precision)
+    if p.ema is not None:
+        p.ema.update(p.model.net, step=state.step)
+    state.step += 1
+    state.batch_in_epoch += 1
+    meter.add(result, batch_len(x))
+    if state.step % t.log_every == 0 or state.step == max_steps:
+        log_train(p, meter, state)
+    if t.ckpt_every and state.step % t.ckpt_every == 0:
+        save_checkpoint(p, state)
+
+
 def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter) -> bool:
     """Run the rest of `state.epoch`; True when the epoch ran to its end."""
-    t = p.settings.train
-    device = p.dist.device
-    p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * t.batch_size)
+    p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * p.settings.train.batch_size)
     p.model.train()
     fetch_start = time.perf_counter()
     for x, y in p.loaders.train:
         meter.data_time += time.perf_counter() - fetch_start
-        x, y = to_device(x, device), y.to(device, non_blocking=True)
-        if p.mixup is not None:
-            x, y = p.mixup(x, y)
-        p.scheduler.step_update(num_updates=state.step)
-        result = train_step(p.train_model, (x, y), p.optimizer, p.loss, masksub=p.settings.masksub.enabled,
-                            accum_steps=t.accum_steps, clip_grad=p.settings.recipe.clip_grad,
-                            precision=p.precision)
-        if p.ema is not None:
-            p.ema.update(p.model.net, step=state.step)
-        state.step += 1
-        state.batch_in_epoch += 1
-        meter.add(result, batch_len(x))
-        if state.step % t.log_every == 0 or state.step == max_steps:
-            log_train(p, meter, state)
-        if t.ckpt_every and state.step % t.ckpt_every == 0:
-            save_checkpoint(p, state)
+        x, y = to_device(x, p.dist.device, p.memory_format), y.to(p.dist.device, non_blocking=True)
+        run_batch(p, state, x, y, meter, max_steps)
         if state.step >= max_steps:
             return state.batch_in_epoch >= p.steps_per_epoch
         fetch_start = time.perf_counter()

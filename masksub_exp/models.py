@@ -11,6 +11,8 @@ from typing import Any
 
 import timm
 import torch
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .config import DataConfig, MaskSubConfig, ModelConfig
@@ -71,3 +73,32 @@ class MaskSubModel(nn.Module):
 def build_model(model_cfg: ModelConfig, data_cfg: DataConfig, masksub_cfg: MaskSubConfig) -> MaskSubModel:
     net = build_network(model_cfg, data_cfg)
     return MaskSubModel(net, build_subbranch(net, masksub_cfg))
+
+
+def is_token_model(net: nn.Module) -> bool:
+    return isinstance(net, VisionTransformer | SwinTransformer) or not hasattr(net, "pretrained_cfg")
+
+
+def compile_network(model: MaskSubModel, mode: str = "model") -> None:
+    """torch.compile in place, so that the sub-branch benefits too.
+
+    `model`: the wrapper's forward compiles whole, one static graph per branch (main, and the
+    sub-branch with its own token count), so fusions cross block boundaries. `blocks`: ViT and Swin
+    blocks compile one by one (each block gets a graph per token count); other models compile whole.
+    Evaluation calls the bare network, eagerly.
+    """
+    # every block shares one forward's code: allow its graphs (two token counts, train and eval) to coexist
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    net = model.net
+    if mode == "model":
+        model.compile(dynamic=False)
+        return
+    if isinstance(net, VisionTransformer):
+        blocks = list(net.blocks)
+    elif isinstance(net, SwinTransformer):
+        blocks = [blk for stage in net.layers for blk in stage.blocks]
+    else:
+        model.compile(dynamic=False)
+        return
+    for blk in blocks:
+        blk.compile(dynamic=False)

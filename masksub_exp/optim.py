@@ -14,6 +14,10 @@ from .models import MaskSubModel
 _SCHEDULES = {"cosine": ("cosine", 0.1), "linear": ("poly", 1.0), "constant": ("constant", 0.1)}
 
 
+# timm names that map to torch optimizers with a fused CUDA implementation
+_FUSED = {"adam", "adamw", "sgd", "momentum"}
+
+
 def effective_lr(cfg: OptimizerConfig, global_batch: int) -> float:
     """The recipe's lr, scaled linearly by global_batch / lr_base_batch when the recipe says so."""
     if cfg.lr_base_batch:
@@ -22,7 +26,9 @@ def effective_lr(cfg: OptimizerConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: MaskSubModel, cfg: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
-    kwargs = {}
+    kwargs: dict = {}
+    if cfg.name.lower() in _FUSED and all(p.is_cuda for p in model.parameters()):
+        kwargs["fused"] = True  # torch's fused CUDA kernels: one launch for the whole update
     if cfg.betas is not None:
         kwargs["betas"] = tuple(cfg.betas)
     if cfg.eps is not None:
