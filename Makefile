@@ -27,10 +27,10 @@ demo: setup data
 
 test: setup data
 	$(BIN)/python -m pytest
-	$(BIN)/ruff check masksub_exp tests
+	$(BIN)/ruff check masksub_exp tests launchers
 
 lint: setup
-	$(BIN)/ruff check masksub_exp tests
+	$(BIN)/ruff check masksub_exp tests launchers
 
 clean:
 	rm -rf $(VENV) outputs/*/

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoints import config_hash
 from .config import ConfigError, Settings
 from .data import Loaders, build_loaders
-from .distributed import DistInfo
+from .distributed import AllReduceCounter, DistInfo
 from .losses import RecipeLoss, build_loss
 from .models import MaskSubModel, build_model, compile_network, is_token_model
 from .optim import build_optimizer, build_scheduler, effective_lr
@@ -45,6 +45,7 @@ class Parts:
     lr: float
     cfg_hash: str
     memory_format: torch.memory_format = torch.contiguous_format
+    allreduce_counter: AllReduceCounter | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -99,9 +100,13 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     # the model is built after the loaders so its initialisation does not depend on the data
     model = prepare_model(settings, dist)
     train_model: nn.Module = model
+    allreduce_counter = None
     if dist.distributed:
         train_model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
                                               else None)
+        if t.count_allreduce:
+            allreduce_counter = AllReduceCounter()
+            train_model.register_comm_hook(None, allreduce_counter.hook)
     lr = effective_lr(settings.recipe.optimizer, t.batch_size * dist.world_size)
     optimizer = build_optimizer(model, settings.recipe.optimizer, lr)
     scheduler = build_scheduler(optimizer, settings.recipe.schedule, epochs=t.epochs,
@@ -117,4 +122,5 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
         mixup=mixup, ema=ema, precision=build_precision(t.precision, dist.device), sinks=sinks,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
         memory_format=torch.channels_last if channels_last(settings, model, dist) else torch.contiguous_format,
+        allreduce_counter=allreduce_counter,
     )

@@ -196,6 +196,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward of both branches
     compile_mode: str = "model"  # model: one graph per branch | blocks: ViT/Swin block by block
     channels_last: bool = True  # for convolutional models on CUDA
+    count_allreduce: bool = False  # count DDP gradient all-reduces into summary.json (diagnostics)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")

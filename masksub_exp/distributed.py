@@ -34,8 +34,21 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def export_submitit_env() -> None:
+    """In a submitit job of several tasks (one per GPU), export torchrun-style variables."""
+    if not os.environ.get("SUBMITIT_EXECUTOR") or "RANK" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # keep every GPU visible: the device is picked by LOCAL_RANK
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_distributed(device_preference: str) -> DistInfo:
-    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK, if any (NCCL on GPU, gloo on CPU)."""
+    """Join the process group of a submitit/SLURM job or of torchrun's variables, if any (NCCL on GPU,
+    gloo on CPU); a single process otherwise."""
+    export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -55,3 +68,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+class AllReduceCounter:
+    """A DDP comm hook that counts gradient all-reduces (one per bucket per synchronised backward)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    # no annotations: DDP compares them with the real types, and this module's are strings (PEP 563)
+    def hook(self, state, bucket):  # noqa: ANN001, ANN201
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.calls += 1
+        return allreduce_hook(None, bucket)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from . import checkpoints
 from .build import Parts
 from .checkpoints import TrainState
 from .distributed import all_reduce_sum, barrier
+from .preemption import StopSignal
 from .step import Batch, StepResult, batch_len, train_step
 from .subbranch.base import call_network
 
@@ -132,8 +134,8 @@ def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: Los
         save_checkpoint(p, state)
 
 
-def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter) -> bool:
-    """Run the rest of `state.epoch`; True when the epoch ran to its end."""
+def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter, stop: StopSignal | None) -> str:
+    """Run the rest of `state.epoch`: "done" at its end, "cap" at train.max_steps, "stop" on a signal."""
     p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * p.settings.train.batch_size)
     p.model.train()
     fetch_start = time.perf_counter()
@@ -142,31 +144,41 @@ def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter) -
         x, y = to_device(x, p.dist.device, p.memory_format), y.to(p.dist.device, non_blocking=True)
         run_batch(p, state, x, y, meter, max_steps)
         if state.step >= max_steps:
-            return state.batch_in_epoch >= p.steps_per_epoch
+            return "done" if state.batch_in_epoch >= p.steps_per_epoch else "cap"
+        # polling is free in one process; across ranks it is a collective, so only every log_every steps
+        if stop is not None and (not p.dist.distributed or state.step % p.settings.train.log_every == 0):
+            if stop.agreed():
+                return "stop"
         fetch_start = time.perf_counter()
-    return True
+    return "done"
 
 
-def fit(p: Parts, state: TrainState) -> dict[str, Any]:
-    """Train from `state` to the end (or to train.max_steps); returns the summary."""
+def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str, Any]:
+    """Train from `state` to the end, to train.max_steps or to a stop signal; returns the summary."""
     t = p.settings.train
     max_steps = min(p.total_steps, t.max_steps or p.total_steps)
     meter = LossMeter(p.dist.device)
     started = time.perf_counter()
     start_step = state.step
     last_eval: dict[str, Any] = {}
+    outcome = "done"
     while state.epoch < t.epochs and state.step < max_steps:
-        if not train_epoch(p, state, max_steps, meter):
+        outcome = train_epoch(p, state, max_steps, meter, stop)
+        if outcome != "done":
             break
         state.epoch += 1
         state.batch_in_epoch = 0
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
             last_eval = evaluate_all(p, state)
         save_checkpoint(p, state)
-    if last_eval.get("step") != state.step:  # stopped mid-epoch, or resumed a finished run
+    if outcome == "stop":
+        save_checkpoint(p, state)  # the requeued (or re-run) task resumes exactly here
+    elif last_eval.get("step") != state.step:  # stopped at the step cap mid-epoch, or resumed a finished run
         last_eval = evaluate_all(p, state)
         save_checkpoint(p, state)
     summary = {
+        "status": (f"stopped by {stop.name}" if outcome == "stop" and stop else
+                   "complete" if state.step >= p.total_steps else "capped by train.max_steps"),
         "name": p.settings.name,
         "model": p.settings.model.name,
         "recipe": p.settings.recipe.name,
@@ -176,13 +188,16 @@ def fit(p: Parts, state: TrainState) -> dict[str, Any]:
         "step": state.step,
         "epoch": state.epoch,
         "steps_this_session": state.step - start_step,
+        "resumed_from_step": start_step,
+        "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "wall_time_s": time.perf_counter() - started,
         "world_size": p.dist.world_size,
         "global_batch": t.batch_size * p.dist.world_size,
         "lr": p.lr,
+        **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),
         **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch")},
     }
-    if p.dist.is_main:
+    if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)
     return summary
 

@@ -5,45 +5,22 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra_plugins.masksub_launcher.submitit_slurm import register as register_launchers
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoints
 from .build import build_parts
 from .checkpoints import TrainState
 from .config import ConfigError, Settings, register_configs, to_settings
-from .distributed import init_distributed
+from .distributed import DistInfo, init_distributed
 from .engine import fit
-
-
-def _previous_run(run_dir: Path, settings: Settings) -> dict[str, Any] | None:
-    """The checkpoint to resume from (train.resume=auto), after checking it belongs to this config."""
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.exists():
-        return None
-    if settings.train.resume == "never":
-        # start over without destroying anything: the old run moves aside
-        aside = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir()
-        for name in ("checkpoints", "metrics.jsonl", "summary.json"):
-            if (run_dir / name).exists():
-                shutil.move(str(run_dir / name), str(aside / name))
-        print(f"train.resume=never: moved the previous run's files to {aside}", file=sys.stderr)
-        return None
-    payload = checkpoints.load(ckpt)
-    if payload["config_hash"] != checkpoints.config_hash(settings):
-        raise ConfigError(
-            f"{ckpt} was written by a run with a different configuration; resuming it would mix two runs. "
-            "Use another output folder (hydra.run.dir=...) or train.resume=never to start over "
-            "(the old files are kept aside)."
-        )
-    return payload
+from .preemption import StopSignal
+from .run_folder import RunLock, previous_run
 
 
 def train(cfg: DictConfig | Settings) -> dict[str, Any]:
@@ -52,21 +29,42 @@ def train(cfg: DictConfig | Settings) -> dict[str, Any]:
     dist = init_distributed(settings.train.device)
     run_dir = Path(settings.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = _previous_run(run_dir, settings)
+    lock = RunLock(run_dir) if dist.is_main else None  # two live jobs must never share a run folder
+    try:
+        summary, stop = _train_in(run_dir, settings, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+    if summary_stopped(summary):
+        print(f"{summary['status']} at step {summary['step']}; checkpoint saved in {run_dir}; "
+              "the same command resumes it", file=sys.stderr, flush=True)
+        stop.hand_over(dist.rank)  # under submitit: requeue (rank 0) or leave (other ranks)
+    return summary
+
+
+def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[str, Any], StopSignal]:
+    payload = previous_run(run_dir, settings)
     resumed = TrainState(**payload["state"]) if payload else TrainState()
     parts = build_parts(settings, dist, run_dir, resumed_step=resumed.step)
+    state = TrainState()
     if payload is not None:
         state = checkpoints.restore_payload(payload, parts, rank=dist.rank)
         if dist.is_main:
             print(f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step {state.step}", file=sys.stderr)
-    else:
-        state = TrainState()
     if dist.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(settings)))
+    stop = StopSignal(dist.device)
     try:
-        return fit(parts, state)
+        summary = fit(parts, state, stop)
     finally:
         parts.sinks.close()
+        if not stop.signum:  # a stopped run hands the handlers over to submitit's after the lock is gone
+            stop.restore()
+    return summary, stop
+
+
+def summary_stopped(summary: dict[str, Any] | None) -> bool:
+    return bool(summary) and str(summary["status"]).startswith("stopped")
 
 
 def register_resolvers() -> None:
@@ -77,12 +75,15 @@ def register_resolvers() -> None:
 
 register_configs()
 register_resolvers()
+register_launchers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
+        if summary_stopped(summary):  # SIGTERM / SIGINT outside SLURM: saved, now leave
+            sys.exit(130 if "SIGINT" in summary["status"] else 143)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

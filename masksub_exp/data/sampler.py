@@ -38,9 +38,12 @@ class ResumableSampler(Sampler):
             self.base.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        world = getattr(self.base, "num_replicas", 1)
         for position, index in enumerate(self.base):
             if position >= self.skip:
-                yield int(index), sample_seed(self.seed, self.epoch, self.rank, position)
+                # seeded by the sample's place in the global order, so N processes with batch B augment
+                # exactly like one process with batch N x B
+                yield int(index), sample_seed(self.seed, self.epoch, 0, position * world + self.rank)
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.skip)

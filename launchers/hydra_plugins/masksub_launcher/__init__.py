@@ -1,0 +1,1 @@
+"""Hydra launcher plugin of masksub-exp (Hydra only loads plugins from the hydra_plugins namespace)."""

@@ -1,0 +1,72 @@
+"""A run's folder: whether it holds a run to resume, and who may write to it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import checkpoints
+from .config import ConfigError, Settings
+
+
+def previous_run(run_dir: Path, settings: Settings) -> dict[str, Any] | None:
+    """The checkpoint to resume from (train.resume=auto), after checking it belongs to this config."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        return None
+    if settings.train.resume == "never":
+        # start over without destroying anything: the old run moves aside
+        aside = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        for name in ("checkpoints", "metrics.jsonl", "summary.json"):
+            if (run_dir / name).exists():
+                shutil.move(str(run_dir / name), str(aside / name))
+        print(f"train.resume=never: moved the previous run's files to {aside}", file=sys.stderr)
+        return None
+    payload = checkpoints.load(ckpt)
+    if payload["config_hash"] != checkpoints.config_hash(settings):
+        raise ConfigError(
+            f"{ckpt} was written by a run with a different configuration; resuming it would mix two runs. "
+            "Use another output folder (hydra.run.dir=...) or train.resume=never to start over "
+            "(the old files are kept aside)."
+        )
+    return payload
+
+
+
+class RunLock:
+    """An exclusive lock on the run folder for the life of the training process (rank 0).
+
+    Run folders are named by their overrides so that re-running a command resumes it; the lock makes
+    a second, concurrent run of the same command fail at once instead of interleaving checkpoints.
+    The kernel drops it when the process dies, so a killed or requeued job never leaves it behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ConfigError(
+                f"run folder {run_dir} is in use by {holder}; wait for it, or pick another folder "
+                "(hydra.run.dir=... or different overrides)"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        job = os.environ.get("SLURM_JOB_ID")
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else ""))
+        self.file.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()

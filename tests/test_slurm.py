@@ -1,0 +1,186 @@
+"""Sweeps on a real one-node SLURM cluster (launchers/slurm-local) through the project's launcher.
+
+Real daemons, real sbatch/srun/scancel, real multi-process gloo DDP on the CPU. Nothing is mocked;
+the only thing a one-node cluster cannot show is DDP across nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from masksub_exp import checkpoints
+from masksub_exp.train import train
+
+from .conftest import PYTHON, ROOT, compose_cfg
+
+LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3",
+            'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]']
+
+
+@pytest.fixture(scope="module")
+def slurm_env(cli_env_module: dict[str, str]) -> dict[str, str]:
+    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up"], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"the local SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
+    env = dict(cli_env_module)
+    env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def cli_env_module() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def sweep(args: list[str], env: dict[str, str], tasks: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+    shape = [] if any("tasks_per_node" in a for a in args) else [f"hydra.launcher.tasks_per_node={tasks}"]
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, *shape, f"hydra.launcher.name=t{uuid.uuid4().hex[:8]}",
+           *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
+    """Poll a condition (not a fixed sleep): returns its first truthy value or fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def train_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r["step"] for r in lines if r["kind"] == "train"]
+
+
+def test_sweep_runs_both_jobs_and_returns(slurm_env: dict, tmp_path: Path) -> None:
+    proc = sweep(["experiment=smoke", "masksub=off,mask", "train.max_steps=4", f"hydra.sweep.dir={tmp_path}"],
+                 slurm_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [r.name for r in runs] == ["masksub=mask,train.max_steps=4", "masksub=off,train.max_steps=4"]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "capped by train.max_steps" and summary["step"] == 4
+        assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
+        assert train_steps(run)[-1] == 4
+    assert "results in" in proc.stdout  # the sweep's comparison table
+
+
+DDP_ARGS = ["experiment=smoke", "masksub.ratio=0.0", "recipe.optimizer.name=sgd", "recipe.optimizer.weight_decay=0",
+            "train.max_steps=6", "train.log_every=3"]
+
+
+def test_ddp_two_tasks_match_one_process_and_all_reduce_once_per_step(slurm_env: dict, tmp_path: Path) -> None:
+    # ratio 0 keeps the sub-branch deterministic (masks are drawn per rank, so r > 0 cannot match a
+    # 1-process run); the step still runs both branches, the first backward under no_sync()
+    proc = sweep([*DDP_ARGS, "train.batch_size=16", "train.count_allreduce=true", f"hydra.sweep.dir={tmp_path}"],
+                 slurm_env, tasks=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 32
+    assert summary["grad_allreduces"] == 6, "each step must all-reduce gradients exactly once (one bucket)"
+    ref = tmp_path / "single"
+    train(compose_cfg([*DDP_ARGS, "train.batch_size=32", "train.progress=false"], ref))
+    a = checkpoints.load(run / "checkpoints" / "last.pt")["model"]
+    b = checkpoints.load(ref / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+PREEMPT_ARGS = ["experiment=smoke", "model=vit_fmnist", "data.img_size=28", "data.synthetic_train_size=2048",
+                "train.batch_size=32", "train.epochs=3", "train.log_every=1"]
+
+
+def test_preemption_requeues_and_resumes_exactly(slurm_env: dict, tmp_path: Path) -> None:
+    # two identical trajectories (train.ckpt_every does not change them, only the run folder);
+    # the first one is preempted mid-run
+    proc = sweep([*PREEMPT_ARGS, "train.ckpt_every=0,100000", "hydra.launcher.wait=false",
+                  f"hydra.sweep.dir={tmp_path}"], slurm_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_ids = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
+    assert len(job_ids) == 2, proc.stdout
+    try:
+        # Hydra names each run folder after the job's overrides
+        preempted = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=0,*"), None), 60, "the run folder")
+        reference = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=100000,*"), None), 60, "the folder")
+        wait_until(lambda: len(train_steps(preempted)) >= 15, 180, "the first job to train 15 steps")
+        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], env=slurm_env, check=True)
+        summaries = [wait_until(lambda r=r: (r / "summary.json").exists() and json.loads((r / "summary.json")
+                                .read_text()), 300, f"{r.name} to finish") for r in (preempted, reference)]
+    finally:
+        subprocess.run(["scancel", *job_ids], env=slurm_env)
+    stopped = summaries[0]
+    assert stopped["status"] == "complete" and summaries[1]["status"] == "complete"
+    assert stopped["restarts"] == 1 and summaries[1]["restarts"] == 0
+    assert 15 <= stopped["resumed_from_step"] < stopped["step"] == summaries[1]["step"]
+    assert train_steps(preempted) == list(range(1, stopped["step"] + 1))  # every step logged once
+    a = checkpoints.load(preempted / "checkpoints" / "last.pt")["model"]
+    b = checkpoints.load(reference / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged from the uninterrupted one"
+
+
+def test_failing_job_is_reported_and_nothing_hangs(slurm_env: dict, tmp_path: Path) -> None:
+    # valid config, but the data cannot fill one batch: the error happens inside the job
+    proc = sweep(["experiment=smoke", "data.synthetic_train_size=8", f"hydra.sweep.dir={tmp_path}"], slurm_env,
+                 timeout=240)
+    assert proc.returncode != 0
+    assert "fewer than one global batch" in proc.stderr + proc.stdout
+
+
+def test_cancelled_job_is_reported_and_nothing_hangs(slurm_env: dict, tmp_path: Path) -> None:
+    name = f"cancel{uuid.uuid4().hex[:6]}"
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, "hydra.launcher.tasks_per_node=1",
+           f"hydra.launcher.name={name}", *PREEMPT_ARGS, "train.epochs=50", f"hydra.sweep.dir={tmp_path}"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        job = wait_until(lambda: subprocess.run(["squeue", "-h", "-t", "R", "-n", name, "-o", "%i"], env=slurm_env,
+                                                capture_output=True, text=True).stdout.strip(), 120,
+                         "the job to start running")
+        subprocess.run(["scancel", job], env=slurm_env, check=True)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    assert "CANCELLED" in err + out or "cancel" in (err + out).lower()
+
+
+def test_plan_shows_parameters_without_submitting(slurm_env: dict, tmp_path: Path) -> None:
+    proc = sweep(["experiment=smoke", "masksub=off,mask", "hydra.launcher.plan=true", f"hydra.sweep.dir={tmp_path}"],
+                 slurm_env, tasks=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing submitted" in proc.stdout and "#SBATCH --ntasks-per-node=2" in proc.stdout
+    assert "#SBATCH --signal=USR2@120" in proc.stdout and "#SBATCH --time=10" in proc.stdout
+    assert proc.stdout.count("run folder:") == 2
+    assert not (tmp_path / ".submitit").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["hydra.launcher.gpus_per_node=2", "hydra.launcher.tasks_per_node=1"], "one task per GPU"),
+    (["masksub.ratio=1.5"], "masksub.ratio"),
+])
+def test_bad_sweeps_are_refused_before_submission(slurm_env: dict, tmp_path: Path, args: list[str],
+                                                  message: str) -> None:
+    proc = sweep(["experiment=smoke", *args, f"hydra.sweep.dir={tmp_path}"], slurm_env)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / ".submitit").exists()
