@@ -46,6 +46,7 @@ class Parts:
     cfg_hash: str
     memory_format: torch.memory_format = torch.contiguous_format
     allreduce_counter: AllReduceCounter | None = None
+    run_id: str = ""  # the tracker's run id: the same across resumes and requeues
 
 
 def seed_everything(seed: int) -> None:
@@ -89,7 +90,8 @@ def prepare_model(settings: Settings, dist: DistInfo) -> MaskSubModel:
     return model
 
 
-def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_step: int = 0) -> Parts:
+def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_step: int = 0,
+                run_id: str = "") -> Parts:
     seed_everything(settings.seed + dist.rank)
     t = settings.train
     loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=t.batch_size, seed=settings.seed,
@@ -113,14 +115,14 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
                                 steps_per_epoch=steps_per_epoch)
     mixup = build_mixup(settings)
     ema = ModelEmaV3(model.net, decay=settings.recipe.ema_decay) if settings.recipe.ema_decay else None
-    sinks = build_sinks(run_dir, is_main=dist.is_main, logger_name=settings.logger.name,
-                        progress=t.progress, total_steps=min(total_steps, t.max_steps or total_steps),
-                        resumed_step=resumed_step)
+    sinks = build_sinks(settings, run_dir, is_main=dist.is_main, world_size=dist.world_size,
+                        total_steps=min(total_steps, t.max_steps or total_steps), resumed_step=resumed_step,
+                        run_id=run_id)
     return Parts(
         settings=settings, dist=dist, run_dir=run_dir, model=model, train_model=train_model, loaders=loaders,
         optimizer=optimizer, scheduler=scheduler, loss=build_loss(settings.recipe, mixing=mixup is not None),
         mixup=mixup, ema=ema, precision=build_precision(t.precision, dist.device), sinks=sinks,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
         memory_format=torch.channels_last if channels_last(settings, model, dist) else torch.contiguous_format,
-        allreduce_counter=allreduce_counter,
+        allreduce_counter=allreduce_counter, run_id=run_id,
     )

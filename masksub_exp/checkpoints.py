@@ -94,6 +94,7 @@ def build_payload(*, parts: Any, state: TrainState, cfg_hash: str, rng: list[dic
     return {
         "format": FORMAT_VERSION,
         "config_hash": cfg_hash,
+        "run_id": parts.run_id,
         "state": asdict(state),
         "model": parts.model.net.state_dict(),
         "sub_params": parts.model.sub_params.state_dict(),

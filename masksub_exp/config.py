@@ -216,10 +216,15 @@ class TrainConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "none"  # none: metrics.jsonl and console only | wandb: W&B as well
+    project: str = "masksub-exp"
+    entity: str | None = None
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
+    tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _choice("logger.name", self.name, ("none",))
+        _choice("logger.name", self.name, ("none", "wandb"))
+        _choice("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
 
 
 @dataclass

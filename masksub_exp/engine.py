@@ -72,6 +72,9 @@ def log_train(p: Parts, meter: LossMeter, state: TrainState) -> None:
     record["lr"] = _current_lr(p.optimizer)
     record["img_per_s"] = meter.images * p.dist.world_size / max(elapsed, 1e-9)
     record["data_wait_frac"] = meter.data_time / max(elapsed, 1e-9)
+    if p.dist.device.type == "cuda":
+        record["peak_mem_mb"] = torch.cuda.max_memory_allocated(p.dist.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(p.dist.device)
     p.sinks.log(record)
     meter.reset()
 

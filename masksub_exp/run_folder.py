@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -24,7 +25,7 @@ def previous_run(run_dir: Path, settings: Settings) -> dict[str, Any] | None:
         # start over without destroying anything: the old run moves aside
         aside = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir()
-        for name in ("checkpoints", "metrics.jsonl", "summary.json"):
+        for name in ("checkpoints", "metrics.jsonl", "summary.json", "run_id"):
             if (run_dir / name).exists():
                 shutil.move(str(run_dir / name), str(aside / name))
         print(f"train.resume=never: moved the previous run's files to {aside}", file=sys.stderr)
@@ -70,3 +71,15 @@ class RunLock:
     def release(self) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+
+def run_id_for(run_dir: Path, payload: dict[str, Any] | None) -> str:
+    """The run's id for trackers: from its checkpoint, else from the folder (a run that died before its
+    first checkpoint), else a new one. Written to the folder so a requeue finds it."""
+    path = run_dir / "run_id"
+    run_id = (payload or {}).get("run_id") or (path.read_text().strip() if path.exists() else "")
+    if not run_id:
+        run_id = secrets.token_hex(4)  # 8 characters, as W&B's own ids; random, so runs never share one
+    if not path.exists() or path.read_text().strip() != run_id:
+        path.write_text(run_id + "\n")
+    return run_id

@@ -20,7 +20,7 @@ from .config import ConfigError, Settings, register_configs, to_settings
 from .distributed import DistInfo, init_distributed
 from .engine import fit
 from .preemption import StopSignal
-from .run_folder import RunLock, previous_run
+from .run_folder import RunLock, previous_run, run_id_for
 
 
 def train(cfg: DictConfig | Settings) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def train(cfg: DictConfig | Settings) -> dict[str, Any]:
 def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[str, Any], StopSignal]:
     payload = previous_run(run_dir, settings)
     resumed = TrainState(**payload["state"]) if payload else TrainState()
-    parts = build_parts(settings, dist, run_dir, resumed_step=resumed.step)
+    parts = build_parts(settings, dist, run_dir, resumed_step=resumed.step,
+                        run_id=run_id_for(run_dir, payload) if dist.is_main else "")
     state = TrainState()
     if payload is not None:
         state = checkpoints.restore_payload(payload, parts, rank=dist.rank)
@@ -54,10 +55,12 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
     if dist.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(settings)))
     stop = StopSignal(dist.device)
+    exit_code = 1
     try:
         summary = fit(parts, state, stop)
+        exit_code = 0
     finally:
-        parts.sinks.close()
+        parts.sinks.close(exit_code)  # W&B's finish() too, exceptions included
         if not stop.signum:  # a stopped run hands the handlers over to submitit's after the lock is gone
             stop.restore()
     return summary, stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import Settings
 from .console import ConsoleSink
 from .jsonl import JsonlSink
 
@@ -12,11 +13,11 @@ from .jsonl import JsonlSink
 class Sink(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, exit_code: int = 0) -> None: ...
 
 
 class Sinks:
-    """Fan-out to several sinks; a no-op on ranks other than 0."""
+    """Fan-out to several sinks; empty on ranks other than 0."""
 
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
@@ -25,19 +26,35 @@ class Sinks:
         for sink in self.sinks:
             sink.log(record)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.close(exit_code)
 
 
-def build_sinks(run_dir: Path, *, is_main: bool, logger_name: str, progress: bool, total_steps: int,
-                resumed_step: int = 0) -> Sinks:
+def hydra_labels(run_dir: Path) -> tuple[str | None, str]:
+    """(group, name) for a tracker: the sweep folder of a multirun, and the job's overrides."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, run_dir.name
+    hc = HydraConfig.get()
+    group = str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return group, hc.job.override_dirname or "default"
+
+
+def build_sinks(settings: Settings, run_dir: Path, *, is_main: bool, world_size: int, total_steps: int,
+                resumed_step: int, run_id: str) -> Sinks:
     if not is_main:
         return Sinks([])
     sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl", keep_until_step=resumed_step)]
-    if progress:
-        sinks.append(ConsoleSink(total_steps))
-    # logger_name == "none": local files only; W&B plugs in here as one more sink
+    if settings.train.progress:
+        sinks.append(ConsoleSink(total_steps, start_step=resumed_step))
+    if settings.logger.name == "wandb":
+        from .wandb import WandbSink  # imported only when asked for: logger=none never loads wandb
+
+        group, name = hydra_labels(run_dir)
+        sinks.append(WandbSink(settings, run_dir, run_id, group=group, name=name, world_size=world_size))
     return Sinks(sinks)
 
 

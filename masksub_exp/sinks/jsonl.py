@@ -33,5 +33,5 @@ class JsonlSink:
     def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.file.close()
