@@ -53,9 +53,10 @@ class StopSignal:
 
     def agreed(self) -> bool:
         """Whether any rank was asked to stop (a collective: every rank must call it at the same step)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum is not None  # one process: a plain flag, no tensor, no sync
         flag = torch.tensor([self.signum or 0], device=self.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())

@@ -1,6 +1,7 @@
 """Turn sweeps into the paper's table and plots, from the run folders alone.
 
     python -m masksub_exp.report outputs/demo/sweeps [more folders ...] [--out DIR]
+    python -m masksub_exp.report --wandb ENTITY/PROJECT [--group SWEEP] [--out DIR]     (online)
 
 Every folder below the given ones that holds a `summary.json` is a run. Runs are grouped by model,
 recipe and data; in each group the baseline (`masksub=off`) is compared with every MaskSub setting
@@ -65,6 +66,33 @@ def find_runs(folders: list[Path]) -> list[Run]:
                 continue  # runs set aside by train.resume=never
             found.setdefault(path.parent.resolve(), load_run(path.parent))
     return list(found.values())
+
+
+def runs_from_wandb(path: str, group: str | None = None, api: Any = None) -> list[Run]:
+    """The runs of W&B project `entity/project` (one group: a sweep), through the W&B API (online)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    runs = []
+    for remote in api.runs(path, filters={"group": group} if group else None):
+        cfg = dict(remote.config)
+        if "masksub" not in cfg:
+            continue  # not a masksub-exp run
+        history = remote.history(keys=None, pandas=False)
+        train = [{"step": h["_step"], "loss_main": h["train/loss_main"],
+                  **({"loss_sub": h["train/loss_sub"]} if h.get("train/loss_sub") is not None else {})}
+                 for h in history if h.get("train/loss_main") is not None]
+        evals = [{"step": h["_step"], "epoch": h["eval/epoch"], "top1": h["eval/top1"]}
+                 for h in history if h.get("eval/top1") is not None]
+        mode = cfg["masksub"]["mode"]
+        summary = {"model": cfg["model"]["name"], "recipe": cfg["recipe"]["name"], "masksub_mode": mode,
+                   "masksub_ratio": cfg["masksub"]["ratio"] if mode != "off" else 0.0, "seed": cfg["seed"]}
+        for key in ("top1", "top5", "ema_top1"):
+            if remote.summary.get(f"eval/{key}") is not None:
+                summary[key] = remote.summary[f"eval/{key}"]
+        runs.append(Run(Path(f"wandb:{path}/{remote.id}"), summary, cfg, train, evals))
+    return runs
 
 
 def mean_std(values: list[float]) -> str:
@@ -136,8 +164,8 @@ def plots(runs: list[Run], out: Path) -> list[Path]:
     return written
 
 
-def report(folders: list[Path], out: Path, metric: str = "top1") -> str:
-    runs = find_runs(folders)
+def report(folders: list[Path], out: Path, metric: str = "top1", extra_runs: list[Run] | None = None) -> str:
+    runs = find_runs(folders) + list(extra_runs or [])
     if not runs:
         raise FileNotFoundError(f"no run folders (with summary.json) under {', '.join(map(str, folders))}")
     out.mkdir(parents=True, exist_ok=True)
@@ -154,12 +182,18 @@ def report(folders: list[Path], out: Path, metric: str = "top1") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("folders", nargs="*", type=Path, help="sweep or run folders")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from W&B (online)")
+    parser.add_argument("--group", help="with --wandb: only this group (a sweep)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go "
                         "(default: <first folder>/report)")
     parser.add_argument("--metric", default="top1", help="summary key to compare (top1, top5, ema_top1)")
     args = parser.parse_args(argv)
-    print(report(args.folders, args.out or args.folders[0] / "report", args.metric))
+    if not args.folders and not args.wandb:
+        parser.error("give run or sweep folders, or --wandb ENTITY/PROJECT")
+    remote = runs_from_wandb(args.wandb, args.group) if args.wandb else []
+    out = args.out or (args.folders[0] / "report" if args.folders else Path("report"))
+    print(report(args.folders, out, args.metric, remote))
 
 
 if __name__ == "__main__":

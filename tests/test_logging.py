@@ -113,3 +113,40 @@ def test_report_on_a_real_demo_sweep(tmp_path: Path, cli_env: dict) -> None:
 def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no run folders"):
         report([tmp_path], tmp_path / "out")
+
+
+class StubRemoteRun:
+    """Stands in for a wandb.apis.public.Run: W&B's server cannot be reached from this machine."""
+
+    def __init__(self, run_id: str, mode: str, seed: int, top1: float) -> None:
+        self.id = run_id
+        self.config = {"model": {"name": "vit_s"}, "recipe": {"name": "deit3"}, "seed": seed,
+                       "masksub": {"mode": mode, "ratio": 0.5}, "data": {"name": "imagenet"}}
+        self.summary = {"eval/top1": top1}
+        self._history = [{"_step": 10, "train/loss_main": 2.0, **({"train/loss_sub": 2.5} if mode != "off" else {})},
+                         {"_step": 20, "eval/epoch": 1, "eval/top1": top1}]
+
+    def history(self, keys=None, pandas=False):  # noqa: ANN001, ANN201
+        return self._history
+
+
+class StubApi:
+    def __init__(self, runs: list[StubRemoteRun]) -> None:
+        self._runs = runs
+        self.asked: list = []
+
+    def runs(self, path, filters=None):  # noqa: ANN001, ANN201
+        self.asked.append((path, filters))
+        return self._runs
+
+
+def test_report_from_the_wandb_api(tmp_path: Path) -> None:
+    from masksub_exp.report import runs_from_wandb
+
+    api = StubApi([StubRemoteRun("a", "off", 0, 80.0), StubRemoteRun("b", "off", 1, 81.0),
+                   StubRemoteRun("c", "mask", 0, 82.0), StubRemoteRun("d", "mask", 1, 82.5)])
+    runs = runs_from_wandb("me/proj", group="sweep-1", api=api)
+    assert api.asked == [("me/proj", {"group": "sweep-1"})]
+    text = report([], tmp_path / "out", extra_runs=runs)
+    assert "| vit_s | deit3 | imagenet | mask r=0.5 | 80.50 +- 0.71 (n=2) | 82.25 +- 0.35 (n=2) | +1.75 |" in text
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
