@@ -47,6 +47,7 @@ class Parts:
     memory_format: torch.memory_format = torch.contiguous_format
     allreduce_counter: AllReduceCounter | None = None
     run_id: str = ""  # the tracker's run id: the same across resumes and requeues
+    last_saved_step: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -94,9 +95,11 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
                 run_id: str = "") -> Parts:
     seed_everything(settings.seed + dist.rank)
     t = settings.train
+    precision = build_precision(t.precision, dist.device)  # checks first: nothing is built on a bad config
     loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=t.batch_size, seed=settings.seed,
                             rank=dist.rank, world_size=dist.world_size,
-                            pin_memory=settings.data.pin_memory and dist.device.type == "cuda")
+                            pin_memory=settings.data.pin_memory and dist.device.type == "cuda",
+                            bad_log=run_dir / "bad_images.txt")
     steps_per_epoch = len(loaders.train)
     total_steps = steps_per_epoch * t.epochs
     # the model is built after the loaders so its initialisation does not depend on the data
@@ -121,7 +124,7 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     return Parts(
         settings=settings, dist=dist, run_dir=run_dir, model=model, train_model=train_model, loaders=loaders,
         optimizer=optimizer, scheduler=scheduler, loss=build_loss(settings.recipe, mixing=mixup is not None),
-        mixup=mixup, ema=ema, precision=build_precision(t.precision, dist.device), sinks=sinks,
+        mixup=mixup, ema=ema, precision=precision, sinks=sinks,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
         memory_format=torch.channels_last if channels_last(settings, model, dist) else torch.contiguous_format,
         allreduce_counter=allreduce_counter, run_id=run_id,

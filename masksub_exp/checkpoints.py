@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,20 +66,43 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class StorageError(OSError):
+    """The run folder cannot be written (permissions, a full disk, a read-only file system)."""
+
+
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save to `path` atomically (temp file + fsync + rename + fsync of the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        kept = " the previous checkpoint is intact." if path.exists() else ""
+        raise StorageError(exc.errno, f"cannot write checkpoint {path}: {exc.strerror or exc}.{kept}") from exc
+    except RuntimeError as exc:
+        # torch.save's zip writer reports a short write (a full disk) only as "unexpected pos"
+        if "inline_container" not in str(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free // 2**20
+        kept = " The previous checkpoint is intact." if path.exists() else ""
+        raise StorageError(28, f"cannot write checkpoint {path}: the write failed with {free} MiB free on that "
+                           f"file system (full disk?).{kept}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temp files of checkpoint writes that a kill interrupted: never loaded, safe to delete."""
+    stale = list(folder.glob(".*.tmp.*")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def load(path: Path) -> dict[str, Any]:

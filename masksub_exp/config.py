@@ -57,6 +57,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.3530])
     num_workers: int = 0
     pin_memory: bool = True
+    on_bad_image: str = "error"  # error: stop with the file's path | skip: log, count, use the next sample
     train_limit: int | None = None  # use only the first N training samples (quick runs)
     synthetic_train_size: int = 256
     synthetic_val_size: int = 64
@@ -70,6 +71,7 @@ class DataConfig:
         _check(len(self.mean) == len(self.std) == self.in_chans, "data.mean/data.std",
                (self.mean, self.std), f"{self.in_chans} values each (data.in_chans)")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         if self.name == "imagefolder":
             _check(bool(self.root), "data.root", self.root, "a folder with train/ and val/ class folders")
         if self.root and not self.name.startswith("synthetic") and not os.path.isdir(self.root):

@@ -7,7 +7,6 @@ It never knows the model family (the model runs its own sub-branch) nor where me
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -19,9 +18,11 @@ import torch.distributed as dist
 from . import checkpoints
 from .build import Parts
 from .checkpoints import TrainState
+from .data.imagefolder import count_bad_images
 from .distributed import all_reduce_sum, barrier
+from .meters import LossMeter
 from .preemption import StopSignal
-from .step import Batch, StepResult, batch_len, train_step
+from .step import Batch, batch_len, train_step
 from .subbranch.base import call_network
 
 
@@ -33,40 +34,21 @@ def to_device(x: Batch, device: torch.device, memory_format: torch.memory_format
     return {k: v.to(device, non_blocking=True) for k, v in x.items()}
 
 
-class LossMeter:
-    """Sums losses on the device between log points, so the step never waits for the host."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = torch.zeros(3, device=self.device)  # loss_main, loss_sub, steps
-        self.images = 0
-        self.data_time = 0.0
-        self.start = time.perf_counter()
-
-    def add(self, result: StepResult, images: int) -> None:
-        sub = result.loss_sub if result.loss_sub is not None else torch.zeros((), device=self.device)
-        self.sums += torch.stack([result.loss_main, sub, torch.ones((), device=self.device)])
-        self.images += images
-
-
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
 
 
 def log_train(p: Parts, meter: LossMeter, state: TrainState) -> None:
-    sums = all_reduce_sum(meter.sums.clone()).tolist()  # the only host sync of the logging window
-    loss_main, loss_sub, count = sums[0] / sums[2], sums[1] / sums[2], sums[2]
-    if not math.isfinite(loss_main) or not math.isfinite(loss_sub):
-        branch = "main" if not math.isfinite(loss_main) else "sub"
-        raise FloatingPointError(
-            f"non-finite {branch}-branch loss in the {int(count / p.dist.world_size)} steps up to step "
-            f"{state.step} (loss_main={loss_main}, loss_sub={loss_sub}); the last checkpoint is kept"
-        )
+    meter.check()
+    values = meter.averages()  # the only host sync of the logging window
+    world = p.dist.world_size
+    if p.precision.scaler is not None:
+        values["amp_skipped_steps"] /= world  # every rank counts the same skips
+    else:
+        values.pop("amp_skipped_steps")
+    loss_sub = values.pop("loss_sub")
     elapsed = time.perf_counter() - meter.start
-    record: dict[str, Any] = {"kind": "train", "step": state.step, "epoch": state.epoch, "loss_main": loss_main}
+    record: dict[str, Any] = {"kind": "train", "step": state.step, "epoch": state.epoch, **values}
     if p.settings.masksub.enabled:
         record["loss_sub"] = loss_sub
     record["lr"] = _current_lr(p.optimizer)
@@ -106,7 +88,8 @@ def evaluate_all(p: Parts, state: TrainState) -> dict[str, Any]:
     return record
 
 
-def save_checkpoint(p: Parts, state: TrainState) -> None:
+def save_checkpoint(p: Parts, state: TrainState, meter: LossMeter) -> None:
+    meter.check()  # never let a NaN reach a checkpoint: the last good one stays
     rng = [checkpoints.rng_state()]
     if dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * p.dist.world_size
@@ -115,6 +98,7 @@ def save_checkpoint(p: Parts, state: TrainState) -> None:
     if p.dist.is_main:
         payload = checkpoints.build_payload(parts=p, state=state, cfg_hash=p.cfg_hash, rng=rng)
         checkpoints.save_atomic(payload, p.run_dir / "checkpoints" / "last.pt")
+    p.last_saved_step = state.step
     barrier()
 
 
@@ -134,7 +118,7 @@ def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: Los
     if state.step % t.log_every == 0 or state.step == max_steps:
         log_train(p, meter, state)
     if t.ckpt_every and state.step % t.ckpt_every == 0:
-        save_checkpoint(p, state)
+        save_checkpoint(p, state, meter)
 
 
 def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter, stop: StopSignal | None) -> str:
@@ -160,7 +144,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     """Train from `state` to the end, to train.max_steps or to a stop signal; returns the summary."""
     t = p.settings.train
     max_steps = min(p.total_steps, t.max_steps or p.total_steps)
-    meter = LossMeter(p.dist.device)
+    meter = LossMeter(p.dist.device, start_step=state.step)
     started = time.perf_counter()
     start_step = state.step
     last_eval: dict[str, Any] = {}
@@ -173,12 +157,12 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         state.batch_in_epoch = 0
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
             last_eval = evaluate_all(p, state)
-        save_checkpoint(p, state)
+        save_checkpoint(p, state, meter)
     if outcome == "stop":
-        save_checkpoint(p, state)  # the requeued (or re-run) task resumes exactly here
+        save_checkpoint(p, state, meter)  # the requeued (or re-run) task resumes exactly here
     elif last_eval.get("step") != state.step:  # stopped at the step cap mid-epoch, or resumed a finished run
         last_eval = evaluate_all(p, state)
-        save_checkpoint(p, state)
+        save_checkpoint(p, state, meter)
     summary = {
         "status": (f"stopped by {stop.name}" if outcome == "stop" and stop else
                    "complete" if state.step >= p.total_steps else "capped by train.max_steps"),
@@ -197,7 +181,9 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         "world_size": p.dist.world_size,
         "global_batch": t.batch_size * p.dist.world_size,
         "lr": p.lr,
+        "bad_images": count_bad_images(p.run_dir / "bad_images.txt"),
         **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),
+        **({"amp_skipped_steps": meter.amp_skips_total // p.dist.world_size} if p.precision.scaler else {}),
         **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch")},
     }
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none

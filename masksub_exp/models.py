@@ -15,7 +15,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .config import DataConfig, MaskSubConfig, ModelConfig
+from .config import ConfigError, DataConfig, MaskSubConfig, ModelConfig
 from .subbranch import SubBranch, build_subbranch
 from .subbranch.base import call_network
 
@@ -26,7 +26,7 @@ def build_transformers_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> 
 
     model_class = getattr(transformers, model_cfg.name, None)
     if model_class is None:
-        raise ValueError(f"model.name={model_cfg.name!r} is not a transformers model class")
+        raise ConfigError(f"model.name={model_cfg.name!r} is not a transformers model class")
     config_class = model_class.config_class
     kwargs = dict(model_cfg.kwargs)
     kwargs.setdefault("num_labels", data_cfg.num_classes)
@@ -46,10 +46,12 @@ def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
         kwargs["drop_path_rate"] = model_cfg.drop_path_rate
     if model_cfg.drop_rate:
         kwargs["drop_rate"] = model_cfg.drop_rate
+    if not timm.is_model(model_cfg.name):
+        raise ConfigError(f"model.name={model_cfg.name!r} is not a timm model (timm.list_models() lists them)")
     try:
         return timm.create_model(model_cfg.name, pretrained=False, **kwargs)
-    except RuntimeError as exc:  # timm's "Unknown model" error
-        raise ValueError(f"model.name={model_cfg.name!r}: {exc}") from exc
+    except TypeError as exc:  # an argument the architecture does not take
+        raise ConfigError(f"model.kwargs for {model_cfg.name}: {exc}") from exc
 
 
 class MaskSubModel(nn.Module):

@@ -83,3 +83,15 @@ def run_id_for(run_dir: Path, payload: dict[str, Any] | None) -> str:
     if not path.exists() or path.read_text().strip() != run_id:
         path.write_text(run_id + "\n")
     return run_id
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create the run folder and prove it takes a write, or fail now with the reason."""
+    probe = run_dir / f".write-probe.{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise checkpoints.StorageError(exc.errno, f"cannot write to the run folder {run_dir}: "
+                                       f"{exc.strerror or exc} (paths.output_dir / hydra.run.dir)") from exc

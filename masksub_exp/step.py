@@ -29,6 +29,7 @@ Batch = torch.Tensor | Mapping[str, torch.Tensor]
 class StepResult:
     loss_main: torch.Tensor  # detached, mean over micro-steps
     loss_sub: torch.Tensor | None
+    skipped: torch.Tensor | None = None  # fp16: whether the GradScaler skipped this step (inf/nan grads)
 
 
 @dataclass
@@ -120,18 +121,24 @@ def apply_gradients(
     *,
     clip_grad: float | None = None,
     precision: Precision | None = None,
-) -> None:
-    """One unscale / clip / step for the summed gradients of both branches."""
+) -> torch.Tensor | None:
+    """One unscale / clip / step for the summed gradients of both branches.
+
+    Returns, with a GradScaler, a device bool: whether the step was skipped (an inf/nan gradient in
+    either branch); the scaler lowers its scale exactly then. No host sync either way.
+    """
     scaler = (precision or Precision()).scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(parameters, clip_grad, foreach=True)
-    if scaler is not None:
-        scaler.step(optimizer)  # skipped when any gradient (of either branch) is inf/nan
-        scaler.update()
-    else:
+    if scaler is None:
         optimizer.step()
+        return None
+    scale_before = scaler._scale.clone()  # the public get_scale() would sync with the device
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler._scale < scale_before
 
 
 def train_step(
@@ -152,5 +159,5 @@ def train_step(
         model, x, y, loss, masksub=masksub, accum_steps=accum_steps, precision=precision
     )
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    apply_gradients(optimizer, params, clip_grad=clip_grad, precision=precision)
+    result.skipped = apply_gradients(optimizer, params, clip_grad=clip_grad, precision=precision)
     return result

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoints
 from .build import build_parts
-from .checkpoints import TrainState
+from .checkpoints import StorageError, TrainState
 from .config import ConfigError, Settings, register_configs, to_settings
+from .data.imagefolder import BadImageError
 from .distributed import DistInfo, init_distributed
 from .engine import fit
-from .preemption import StopSignal
-from .run_folder import RunLock, previous_run, run_id_for
+from .meters import NonFiniteLoss
+from .preemption import StopSignal, in_submitit_job
+from .run_folder import RunLock, check_writable, previous_run, run_id_for
 
 
 def train(cfg: DictConfig | Settings) -> dict[str, Any]:
@@ -28,7 +31,9 @@ def train(cfg: DictConfig | Settings) -> dict[str, Any]:
     settings = to_settings(cfg)
     dist = init_distributed(settings.train.device)
     run_dir = Path(settings.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        check_writable(run_dir)  # before anything is built: a read-only or full folder fails here, clearly
+        checkpoints.remove_stale_temporaries(run_dir / "checkpoints")
     lock = RunLock(run_dir) if dist.is_main else None  # two live jobs must never share a run folder
     try:
         summary, stop = _train_in(run_dir, settings, dist)
@@ -59,6 +64,10 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
     try:
         summary = fit(parts, state, stop)
         exit_code = 0
+    except NonFiniteLoss as exc:
+        kept = (f"the last good checkpoint (step {parts.last_saved_step}) is kept in {run_dir / 'checkpoints'}"
+                if parts.last_saved_step is not None else "no checkpoint was written before it")
+        raise NonFiniteLoss(f"{exc}; {kept}") from None
     finally:
         parts.sinks.close(exit_code)  # W&B's finish() too, exceptions included
         if not stop.signum:  # a stopped run hands the handlers over to submitit's after the lock is gone
@@ -68,6 +77,17 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
 
 def summary_stopped(summary: dict[str, Any] | None) -> bool:
     return bool(summary) and str(summary["status"]).startswith("stopped")
+
+
+# exception type -> (label, exit code) for the command line; the first match wins
+ERROR_CODES = (
+    (ConfigError, "config error", 2),
+    (FileNotFoundError, "missing file", 2),
+    (NonFiniteLoss, "training stopped", 3),
+    (StorageError, "cannot write", 4),
+    (BadImageError, "bad data", 5),
+)
+EXPECTED_ERRORS = tuple(kind for kind, _, _ in ERROR_CODES)
 
 
 def register_resolvers() -> None:
@@ -85,18 +105,35 @@ register_launchers()
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
-        if summary_stopped(summary):  # SIGTERM / SIGINT outside SLURM: saved, now leave
-            sys.exit(130 if "SIGINT" in summary["status"] else 143)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as exc:
-        print(f"missing file: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except EXPECTED_ERRORS as exc:  # bad input or a failed run: one clear message, no traceback
+        if in_submitit_job():
+            raise  # submitit pickles it and the launcher reports it with the job
+        label, code = next((label, code) for kind, label, code in ERROR_CODES if isinstance(exc, kind))
+        print(f"{label}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(code)
+    if summary_stopped(summary):  # SIGTERM / SIGINT outside SLURM: saved, now leave
+        sys.exit(130 if "SIGINT" in summary["status"] else 143)
     return summary.get("top1")
 
 
+def precheck_output_folders(argv: list[str]) -> None:
+    """Prove the output folders named on the command line are writable before Hydra starts: Hydra creates
+    them itself and would report a read-only or missing file system with a traceback."""
+    keys = ("hydra.run.dir=", "hydra.sweep.dir=", "paths.log_dir=")
+    folders = [arg.split("=", 1)[1] for arg in argv if arg.startswith(keys)]
+    if not any(arg.startswith(keys[:2]) for arg in argv):
+        folders.append(os.environ.get("MASKSUB_OUTPUT_ROOT", "outputs"))
+    for folder in folders:
+        if "$" not in folder:  # interpolations are resolved later, by Hydra
+            check_writable(Path(folder))
+
+
 def main() -> None:
+    try:
+        precheck_output_folders(sys.argv[1:])
+    except StorageError as exc:
+        print(f"cannot write: {exc}", file=sys.stderr, flush=True)
+        sys.exit(4)
     _hydra_main()
 
 

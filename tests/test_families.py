@@ -272,7 +272,7 @@ def test_swin_mask_token_gets_gradient_only_from_the_sub_pass_and_no_weight_deca
 
 
 def test_swin_unit_must_align_with_patches() -> None:
-    with pytest.raises(ValueError, match="multiple of the Swin patch size"):
+    with pytest.raises(ConfigError, match="multiple of the Swin patch size"):
         build_subbranch(make("swin"), MaskSubConfig(mode="mask", ratio=0.5, unit_px=30))
 
 

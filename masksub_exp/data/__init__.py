@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import AugConfig, DataConfig
+from ..config import AugConfig, ConfigError, DataConfig
 from .fashion_mnist import FashionMNIST
 from .imagefolder import image_folder
 from .sampler import ResumableSampler, SeededDataset, train_sampler
@@ -25,7 +26,8 @@ class Loaders:
     eval_size: int
 
 
-def build_datasets(data: DataConfig, aug: AugConfig, seed: int) -> tuple[Dataset, Dataset]:
+def build_datasets(data: DataConfig, aug: AugConfig, seed: int, bad_log: Path | None = None
+                   ) -> tuple[Dataset, Dataset]:
     if data.name == "fashion_mnist":
         return (
             FashionMNIST(data.root, "train", small_image_transform(data, aug, True), limit=data.train_limit),
@@ -42,20 +44,21 @@ def build_datasets(data: DataConfig, aug: AugConfig, seed: int) -> tuple[Dataset
                 SyntheticText(data.synthetic_val_size, data.num_classes, data.vocab_size, data.seq_len, seed + 2))
     if data.name == "imagefolder":
         assert data.root is not None
+        common = dict(num_classes=data.num_classes, on_bad_image=data.on_bad_image, bad_log=bad_log)
         return (
-            image_folder(data.root, "train", imagefolder_transform(data, aug, True)),
-            image_folder(data.root, "val", imagefolder_transform(data, aug, False)),
+            image_folder(data.root, "train", imagefolder_transform(data, aug, True), **common),
+            image_folder(data.root, "val", imagefolder_transform(data, aug, False), **common),
         )
     raise ValueError(f"data.name={data.name!r} is not a known dataset")
 
 
 def build_loaders(data: DataConfig, aug: AugConfig, *, batch_size: int, seed: int, rank: int = 0,
-                  world_size: int = 1, pin_memory: bool = False) -> Loaders:
-    train_set, eval_set = build_datasets(data, aug, seed)
+                  world_size: int = 1, pin_memory: bool = False, bad_log: Path | None = None) -> Loaders:
+    train_set, eval_set = build_datasets(data, aug, seed, bad_log)
     if len(train_set) < batch_size * world_size:
-        raise ValueError(
-            f"the training set has {len(train_set)} samples, fewer than one global batch "
-            f"(train.batch_size={batch_size} x {world_size} processes)"
+        raise ConfigError(
+            f"train.batch_size={batch_size}: the training set ({data.name}) has {len(train_set)} samples, "
+            f"fewer than one global batch ({batch_size} x {world_size} processes)"
         )
     sampler = train_sampler(train_set, seed, rank, world_size)
     workers = data.num_workers

@@ -19,7 +19,7 @@ from timm.layers import trunc_normal_
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from ..config import MaskSubConfig
+from ..config import ConfigError, MaskSubConfig
 from .base import SubBranch, pixel_mask, random_masks
 
 
@@ -28,7 +28,7 @@ class SwinMaskToken(SubBranch):
         super().__init__(model, cfg)
         patch = model.patch_embed.patch_size[0]
         if cfg.unit_px % patch:
-            raise ValueError(f"masksub.unit_px={cfg.unit_px} must be a multiple of the Swin patch size {patch}")
+            raise ConfigError(f"masksub.unit_px={cfg.unit_px} must be a multiple of the Swin patch size {patch}")
         self.unit_tokens = cfg.unit_px // patch
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, model.patch_embed.proj.out_channels))
         trunc_normal_(self.mask_token, std=0.02)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,12 @@ class MaskSubSlurmLauncher(SlurmLauncher):
         return executor
 
     def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
-        self.check_shape()
-        configs = self.job_configs(job_overrides)
+        try:
+            self.check_shape()
+            configs = self.job_configs(job_overrides)
+        except LaunchError as exc:  # one clear line, nothing submitted
+            print(f"launch refused: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
         executor = self.make_executor()
         if self.plan:
             print_plan(executor, configs, job_overrides, initial_job_idx)
