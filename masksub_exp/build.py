@@ -48,6 +48,8 @@ class Parts:
     allreduce_counter: AllReduceCounter | None = None
     run_id: str = ""  # the tracker's run id: the same across resumes and requeues
     last_saved_step: int | None = None
+    batch_size: int = 0  # per process, per optimizer step
+    batch_plan: str = ""
 
 
 def seed_everything(seed: int) -> None:
@@ -66,12 +68,37 @@ def build_precision(name: str, device: torch.device) -> Precision:
     return Precision()
 
 
-def build_mixup(settings: Settings) -> Mixup | None:
+def batch_plan(settings: Settings, world_size: int) -> tuple[int, str]:
+    """The per-process batch, and a sentence saying how the global batch is made up.
+
+    train.batch_size=null keeps the recipe's global batch on any number of processes (set
+    train.accum_steps to split each process's batch into micro-batches when it does not fit).
+    """
+    t, target = settings.train, settings.recipe.global_batch
+    if t.batch_size is None:
+        if target is None:
+            raise ConfigError("train.batch_size is null but the recipe sets no global_batch: give train.batch_size")
+        if target % world_size:
+            raise ConfigError(f"recipe.global_batch={target} cannot be split over {world_size} processes: "
+                              "use a divisor of it as the number of GPUs, or set train.batch_size")
+        per = target // world_size
+    else:
+        per = t.batch_size
+    if per % t.accum_steps:
+        raise ConfigError(f"train.accum_steps={t.accum_steps} does not divide the per-process batch {per}")
+    micro = f" in {t.accum_steps} micro-batches of {per // t.accum_steps}" if t.accum_steps > 1 else ""
+    plan = f"global batch {per * world_size} = {world_size} process(es) x {per}{micro}"
+    if target is not None and per * world_size != target:
+        plan += f" (the recipe's global batch is {target}; the lr follows the recipe's scaling rule)"
+    return per, plan
+
+
+def build_mixup(settings: Settings, batch_size: int) -> Mixup | None:
     aug = settings.recipe.aug
     if aug.mixup <= 0 and aug.cutmix <= 0:
         return None
-    if settings.train.batch_size % 2:
-        raise ConfigError(f"train.batch_size={settings.train.batch_size}: mixup/cutmix need an even batch size")
+    if batch_size % 2:
+        raise ConfigError(f"train.batch_size={batch_size}: mixup/cutmix need an even batch size")
     return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
                  switch_prob=aug.mixup_switch_prob, label_smoothing=aug.label_smoothing,
                  num_classes=settings.data.num_classes)
@@ -96,7 +123,9 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     seed_everything(settings.seed + dist.rank)
     t = settings.train
     precision = build_precision(t.precision, dist.device)  # checks first: nothing is built on a bad config
-    loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=t.batch_size, seed=settings.seed,
+    batch_size, plan = batch_plan(settings, dist.world_size)
+    mixup = build_mixup(settings, batch_size)
+    loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=batch_size, seed=settings.seed,
                             rank=dist.rank, world_size=dist.world_size,
                             pin_memory=settings.data.pin_memory and dist.device.type == "cuda",
                             bad_log=run_dir / "bad_images.txt")
@@ -112,11 +141,10 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
         if t.count_allreduce:
             allreduce_counter = AllReduceCounter()
             train_model.register_comm_hook(None, allreduce_counter.hook)
-    lr = effective_lr(settings.recipe.optimizer, t.batch_size * dist.world_size)
+    lr = effective_lr(settings.recipe.optimizer, batch_size * dist.world_size)
     optimizer = build_optimizer(model, settings.recipe.optimizer, lr)
     scheduler = build_scheduler(optimizer, settings.recipe.schedule, epochs=t.epochs,
                                 steps_per_epoch=steps_per_epoch)
-    mixup = build_mixup(settings)
     ema = ModelEmaV3(model.net, decay=settings.recipe.ema_decay) if settings.recipe.ema_decay else None
     sinks = build_sinks(settings, run_dir, is_main=dist.is_main, world_size=dist.world_size,
                         total_steps=min(total_steps, t.max_steps or total_steps), resumed_step=resumed_step,
@@ -127,5 +155,5 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
         mixup=mixup, ema=ema, precision=precision, sinks=sinks,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr, cfg_hash=config_hash(settings),
         memory_format=torch.channels_last if channels_last(settings, model, dist) else torch.contiguous_format,
-        allreduce_counter=allreduce_counter, run_id=run_id,
+        allreduce_counter=allreduce_counter, run_id=run_id, batch_size=batch_size, batch_plan=plan,
     )

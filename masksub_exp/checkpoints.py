@@ -39,6 +39,7 @@ def config_hash(settings: Settings) -> str:
     d["data"].pop("num_workers")
     d["data"].pop("pin_memory")
     d.pop("paths")
+    d.pop("paper")
     d.pop("logger")
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

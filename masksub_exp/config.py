@@ -36,9 +36,12 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
+    checkpoint: str | None = None  # fine-tune from local weights (a file for timm, a folder for transformers)
 
     def __post_init__(self) -> None:
         _choice("model.library", self.library, ("timm", "transformers"))
+        # whether model.checkpoint exists is checked when the model is built, not here: a two-stage sweep
+        # submits the fine-tune before the pretraining run has written its checkpoint
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "[0, 1)")
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "[0, 1)")
 
@@ -127,6 +130,7 @@ class AugConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.0
+    repeated_aug: int = 0  # >1: timm's RepeatAugSampler with this many repeats (DeiT-III, RSB use 3)
 
     def __post_init__(self) -> None:
         for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
@@ -149,6 +153,7 @@ class LossConfig:
 class RecipeConfig:
     name: str = "demo"
     epochs: int = 5
+    global_batch: int | None = None  # the paper's global batch; kept on any number of processes
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     aug: AugConfig = field(default_factory=AugConfig)
@@ -158,6 +163,8 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "recipe.epochs", self.epochs, "a positive integer")
+        _check(self.global_batch is None or self.global_batch > 0, "recipe.global_batch", self.global_batch,
+               "null or a positive integer")
         _check(self.clip_grad is None or self.clip_grad > 0, "recipe.clip_grad", self.clip_grad, "null or > 0")
         _check(self.ema_decay is None or 0 < self.ema_decay < 1, "recipe.ema_decay", self.ema_decay,
                "null or (0, 1)")
@@ -186,7 +193,7 @@ class MaskSubConfig:
 class TrainConfig:
     epochs: int = 5
     max_steps: int | None = None  # a cap on optimizer steps, for smoke runs
-    batch_size: int = 64  # per process
+    batch_size: int | None = 64  # per process; null: recipe.global_batch / number of processes
     accum_steps: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
     device: str = "auto"  # auto | cpu | cuda
@@ -203,10 +210,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps, "null or > 0")
-        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
+        _check(self.batch_size is None or self.batch_size > 0, "train.batch_size", self.batch_size,
+               "null (from recipe.global_batch) or a positive integer")
         _check(self.accum_steps > 0, "train.accum_steps", self.accum_steps, "a positive integer")
-        _check(self.batch_size % self.accum_steps == 0, "train.batch_size", self.batch_size,
-               f"a multiple of train.accum_steps={self.accum_steps}")
+        _check(self.batch_size is None or self.batch_size % self.accum_steps == 0, "train.batch_size",
+               self.batch_size, f"a multiple of train.accum_steps={self.accum_steps}")
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.resume", self.resume, ("auto", "never"))
@@ -230,6 +238,15 @@ class LoggerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """What the paper reports for this preset (ImageNet-1k top-1), for the README's recipe table."""
+
+    baseline_top1: float | None = None
+    masksub_top1: float | None = None
+    layout: str | None = None  # the paper's GPU layout, e.g. "8x256" (GPUs x per-GPU batch)
+
+
+@dataclass
 class PathsConfig:
     log_dir: str = "outputs"
     output_dir: str = "outputs/default"  # this run's folder (Hydra's run dir)
@@ -246,6 +263,7 @@ class Settings:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     name: str = "demo"
     seed: int = 0
 

@@ -123,7 +123,7 @@ def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: Los
 
 def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter, stop: StopSignal | None) -> str:
     """Run the rest of `state.epoch`: "done" at its end, "cap" at train.max_steps, "stop" on a signal."""
-    p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * p.settings.train.batch_size)
+    p.loaders.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * p.batch_size)
     p.model.train()
     fetch_start = time.perf_counter()
     for x, y in p.loaders.train:
@@ -179,7 +179,8 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "wall_time_s": time.perf_counter() - started,
         "world_size": p.dist.world_size,
-        "global_batch": t.batch_size * p.dist.world_size,
+        "global_batch": p.batch_size * p.dist.world_size,
+        "batch_plan": p.batch_plan,
         "lr": p.lr,
         "bad_images": count_bad_images(p.run_dir / "bad_images.txt"),
         **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),

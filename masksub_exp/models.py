@@ -7,6 +7,7 @@ bypass DDP's forward and its bookkeeping).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import timm
@@ -16,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .config import ConfigError, DataConfig, MaskSubConfig, ModelConfig
+from .pretrained import load_pretrained
 from .subbranch import SubBranch, build_subbranch
 from .subbranch.base import call_network
 
@@ -49,9 +51,12 @@ def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     if not timm.is_model(model_cfg.name):
         raise ConfigError(f"model.name={model_cfg.name!r} is not a timm model (timm.list_models() lists them)")
     try:
-        return timm.create_model(model_cfg.name, pretrained=False, **kwargs)
+        net = timm.create_model(model_cfg.name, pretrained=False, **kwargs)
     except TypeError as exc:  # an argument the architecture does not take
         raise ConfigError(f"model.kwargs for {model_cfg.name}: {exc}") from exc
+    if model_cfg.checkpoint:
+        load_pretrained(net, model_cfg.checkpoint, log=lambda line: print(line, file=sys.stderr, flush=True))
+    return net
 
 
 class MaskSubModel(nn.Module):

@@ -59,6 +59,7 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
             print(f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step {state.step}", file=sys.stderr)
     if dist.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(settings)))
+        print(parts.batch_plan, file=sys.stderr, flush=True)
     stop = StopSignal(dist.device)
     exit_code = 1
     try:

@@ -29,10 +29,18 @@ def test_every_group_option_composes(group: str, option: str, tmp_path: Path) ->
     assert isinstance(settings, Settings)
 
 
+def image_root(tmp_path: Path) -> Path:
+    (tmp_path / "img" / "train").mkdir(parents=True, exist_ok=True)
+    return tmp_path / "img"
+
+
 @pytest.mark.parametrize("preset", _options("experiment"))
 def test_every_experiment_preset_composes(preset: str, tmp_path: Path) -> None:
-    settings = to_settings(compose_cfg([f"experiment={preset}"], tmp_path / "run"))
-    assert settings.name
+    overrides = [f"experiment={preset}"]
+    if compose_cfg(overrides, tmp_path / "run").data.name == "imagefolder":
+        overrides.append(f"data.root={image_root(tmp_path)}")  # ImageNet presets need their folder
+    settings = to_settings(compose_cfg(overrides, tmp_path / "run"))
+    assert settings.name == preset
 
 
 def test_default_is_the_demo(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def build_loaders(data: DataConfig, aug: AugConfig, *, batch_size: int, seed: in
             f"train.batch_size={batch_size}: the training set ({data.name}) has {len(train_set)} samples, "
             f"fewer than one global batch ({batch_size} x {world_size} processes)"
         )
-    sampler = train_sampler(train_set, seed, rank, world_size)
+    sampler = train_sampler(train_set, seed, rank, world_size, repeats=aug.repeated_aug)
     workers = data.num_workers
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     # own generators: creating a loader iterator must not draw from the global RNG, or a resumed

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
@@ -49,8 +50,15 @@ class ResumableSampler(Sampler):
         return max(0, len(self.base) - self.skip)
 
 
-def train_sampler(dataset: Dataset, seed: int, rank: int, world_size: int) -> ResumableSampler:
-    base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+def train_sampler(dataset: Dataset, seed: int, rank: int, world_size: int, repeats: int = 0) -> ResumableSampler:
+    """Shuffled shards per process; with repeats > 1 timm's repeated-augmentation sampler (each image
+    `repeats` times per epoch, the copies spread over the processes, augmented independently)."""
+    if repeats > 1:
+        base: Sampler[int] = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              num_repeats=repeats)
+    else:
+        base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                  drop_last=True)
     return ResumableSampler(base, seed=seed, rank=rank)
 
 
