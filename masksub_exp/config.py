@@ -46,7 +46,7 @@ class ModelConfig:
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "[0, 1)")
 
 
-DATASETS = ("fashion_mnist", "imagefolder", "synthetic", "synthetic_text")
+DATASETS = ("fashion_mnist", "imagefolder", "synthetic", "synthetic_text", "text")
 
 
 @dataclass
@@ -61,7 +61,8 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = True
     on_bad_image: str = "error"  # error: stop with the file's path | skip: log, count, use the next sample
-    train_limit: int | None = None  # use only the first N training samples (quick runs)
+    train_limit: int | None = None  # use only N training samples (quick runs)
+    eval_limit: int | None = None  # text: evaluate on a random subset of N samples
     synthetic_train_size: int = 256
     synthetic_val_size: int = 64
     seq_len: int = 32  # text: tokens per sequence, padding included
@@ -77,7 +78,11 @@ class DataConfig:
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         if self.name == "imagefolder":
             _check(bool(self.root), "data.root", self.root, "a folder with train/ and val/ class folders")
-        if self.root and not self.name.startswith("synthetic") and not os.path.isdir(self.root):
+        if self.name == "text":
+            _check(bool(self.root), "data.root", self.root, "'tweets' or a folder of train/dev tables")
+        if self.root and self.name == "text" and self.root != "tweets" and not os.path.isdir(self.root):
+            raise ConfigError(f"data.root={self.root!r}: expected 'tweets' or a folder of train/dev tables")
+        if self.root and self.name in ("fashion_mnist", "imagefolder") and not os.path.isdir(self.root):
             raise ConfigError(f"data.root={self.root!r} does not exist (data.name={self.name})")
 
 

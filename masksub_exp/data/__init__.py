@@ -26,8 +26,8 @@ class Loaders:
     eval_size: int
 
 
-def build_datasets(data: DataConfig, aug: AugConfig, seed: int, bad_log: Path | None = None
-                   ) -> tuple[Dataset, Dataset]:
+def build_datasets(data: DataConfig, aug: AugConfig, seed: int, bad_log: Path | None = None,
+                   tokenizer_folder: str | None = None) -> tuple[Dataset, Dataset]:
     if data.name == "fashion_mnist":
         return (
             FashionMNIST(data.root, "train", small_image_transform(data, aug, True), limit=data.train_limit),
@@ -39,6 +39,17 @@ def build_datasets(data: DataConfig, aug: AugConfig, seed: int, bad_log: Path | 
             return SyntheticImages(size, data.num_classes, data.in_chans, data.img_size, split_seed, tf,
                                    prototype_seed=seed)
         return make(data.synthetic_train_size, seed + 1, True), make(data.synthetic_val_size, seed + 2, False)
+    if data.name == "text":
+        from ..hf import tokenizer_from  # transformers only for text runs
+        from .text import build_text_datasets
+
+        if not tokenizer_folder:
+            raise ConfigError("data.name=text needs model.checkpoint: the tokenizer comes from the checkpoint folder")
+        train, evaluation, found = build_text_datasets(data.root, tokenizer_from(tokenizer_folder), data.seq_len,
+                                                       data.train_limit, seed, data.eval_limit)
+        if found > data.num_classes:
+            raise ConfigError(f"data.num_classes={data.num_classes} but the text set has {found} labels")
+        return train, evaluation
     if data.name == "synthetic_text":
         return (SyntheticText(data.synthetic_train_size, data.num_classes, data.vocab_size, data.seq_len, seed + 1),
                 SyntheticText(data.synthetic_val_size, data.num_classes, data.vocab_size, data.seq_len, seed + 2))
@@ -53,8 +64,9 @@ def build_datasets(data: DataConfig, aug: AugConfig, seed: int, bad_log: Path | 
 
 
 def build_loaders(data: DataConfig, aug: AugConfig, *, batch_size: int, seed: int, rank: int = 0,
-                  world_size: int = 1, pin_memory: bool = False, bad_log: Path | None = None) -> Loaders:
-    train_set, eval_set = build_datasets(data, aug, seed, bad_log)
+                  world_size: int = 1, pin_memory: bool = False, bad_log: Path | None = None,
+                  tokenizer_folder: str | None = None) -> Loaders:
+    train_set, eval_set = build_datasets(data, aug, seed, bad_log, tokenizer_folder)
     if len(train_set) < batch_size * world_size:
         raise ConfigError(
             f"train.batch_size={batch_size}: the training set ({data.name}) has {len(train_set)} samples, "
