@@ -139,10 +139,17 @@ TINY = {
              "+model.kwargs.num_heads=[1,2]", "+model.kwargs.window_size=4"],
     "rsb": ["data.img_size=64", "model.name=resnet10t"],
     "bert": ["model=bert_micro", "data=synthetic_text"],
+    "fmnist": ["data.img_size=28", "data.in_chans=1", "data.mean=[0.0]", "data.std=[1.0]", "model.checkpoint=null"],
 }
 
 
-@pytest.mark.parametrize("preset", presets())
+def all_grouped_presets() -> list[str]:
+    """Every preset in a subfolder of conf/experiment: each needs a smoke entry (demo/smoke are top level)."""
+    folder = CONF / "experiment"
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml") if p.parent != folder)
+
+
+@pytest.mark.parametrize("preset", all_grouped_presets())
 def test_every_preset_runs_two_steps(preset: str, tmp_path: Path) -> None:
     family = preset.split("/")[0]
     assert family in TINY, f"add a tiny-model smoke entry for the {family} recipes"
@@ -150,7 +157,8 @@ def test_every_preset_runs_two_steps(preset: str, tmp_path: Path) -> None:
     cfg = compose_cfg([f"experiment={preset}", *data, "train.batch_size=4", "train.max_steps=2", "train.log_every=1",
                        "train.progress=false", *TINY[family]], tmp_path / "run")
     summary = train(cfg)
-    assert summary["step"] == 2 and summary["recipe"] == family and math.isfinite(summary["top1"])
+    recipe = {"fmnist/deit3_pretrain": "deit3", "fmnist/deit3_finetune": "deit3_ft"}.get(preset, family)
+    assert summary["step"] == 2 and summary["recipe"] == recipe and math.isfinite(summary["top1"])
 
 
 def test_two_stage_pretrain_then_finetune_from_real_weights(tmp_path: Path) -> None:
