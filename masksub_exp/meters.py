@@ -27,6 +27,9 @@ class LossMeter:
         self.step = torch.tensor(start_step, device=device)  # counted on the device: no host->device copy
         self.first_bad = torch.full((2,), -1, dtype=torch.long, device=device)  # (step, branch) or -1
         self.amp_skips_total = 0
+        # constants made once: the hot path allocates nothing per step
+        self._zero = torch.zeros((), device=device)
+        self._one = torch.ones((), device=device)
         self.reset()
 
     def reset(self) -> None:
@@ -36,14 +39,13 @@ class LossMeter:
         self.start = time.perf_counter()
 
     def add(self, result: StepResult, images: int) -> None:
-        zero = torch.zeros((), device=self.device)
-        sub = result.loss_sub if result.loss_sub is not None else zero
-        skipped = result.skipped.float() if result.skipped is not None else zero
+        sub = result.loss_sub if result.loss_sub is not None else self._zero
+        skipped = result.skipped.float() if result.skipped is not None else self._zero
         self.step += 1
         branch = torch.where(~torch.isfinite(result.loss_main), 0, torch.where(~torch.isfinite(sub), 1, -1))
         new = (self.first_bad[0] < 0) & (branch >= 0)
         self.first_bad = torch.where(new, torch.stack([self.step, branch]), self.first_bad)
-        self.sums += torch.stack([result.loss_main, sub, torch.ones((), device=self.device), skipped])
+        self.sums += torch.stack([result.loss_main, sub, self._one, skipped])
         self.images += images
 
     def check(self) -> None:
