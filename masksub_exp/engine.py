@@ -80,8 +80,9 @@ def evaluate(net: torch.nn.Module, p: Parts) -> dict[str, float]:
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correctk / count}
 
 
-def evaluate_all(p: Parts, state: TrainState) -> dict[str, Any]:
-    record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": state.epoch, **evaluate(p.model.net, p)}
+def evaluate_all(p: Parts, state: TrainState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": state.epoch, **evaluate(p.model.net, p),
+                              **(extra or {})}
     if p.ema is not None:
         record.update({f"ema_{k}": v for k, v in evaluate(p.ema.module, p).items()})
     p.sinks.log(record)
@@ -149,14 +150,21 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     start_step = state.step
     last_eval: dict[str, Any] = {}
     outcome = "done"
+    epoch_seconds: list[float] = []  # training time of each whole epoch run in this session (no eval, no save)
     while state.epoch < t.epochs and state.step < max_steps:
+        whole_epoch = state.batch_in_epoch == 0
+        epoch_start = time.perf_counter()
         outcome = train_epoch(p, state, max_steps, meter, stop)
         if outcome != "done":
             break
+        timing = {}
+        if whole_epoch:
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            timing = {"epoch_train_s": epoch_seconds[-1]}
         state.epoch += 1
         state.batch_in_epoch = 0
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
-            last_eval = evaluate_all(p, state)
+            last_eval = evaluate_all(p, state, timing)
         save_checkpoint(p, state, meter)
     if outcome == "stop":
         save_checkpoint(p, state, meter)  # the requeued (or re-run) task resumes exactly here
@@ -172,12 +180,14 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         "masksub_mode": p.settings.masksub.mode,
         "masksub_ratio": p.settings.masksub.ratio if p.settings.masksub.enabled else 0.0,
         "seed": p.settings.seed,
+        "params": sum(param.numel() for param in p.model.net.parameters()),
         "step": state.step,
         "epoch": state.epoch,
         "steps_this_session": state.step - start_step,
         "resumed_from_step": start_step,
         "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "wall_time_s": time.perf_counter() - started,
+        **({"epoch_train_s": sum(epoch_seconds) / len(epoch_seconds)} if epoch_seconds else {}),
         "world_size": p.dist.world_size,
         "global_batch": p.batch_size * p.dist.world_size,
         "batch_plan": p.batch_plan,
@@ -185,7 +195,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         "bad_images": count_bad_images(p.run_dir / "bad_images.txt"),
         **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),
         **({"amp_skipped_steps": meter.amp_skips_total // p.dist.world_size} if p.precision.scaler else {}),
-        **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch")},
+        **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch", "epoch_train_s")},
     }
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)

@@ -1,0 +1,154 @@
+"""Regenerate docs/results.md: run the evidence sweeps on SLURM, then write the page from their run folders.
+
+    eval "$(launchers/slurm-local up)"          # or any SLURM cluster (SLURM_CONF set)
+    python -m masksub_exp.results               # the full budget (see README: about 1 CPU hour on 2 cores)
+    python -m masksub_exp.results --tiny        # 1 seed, a few steps: checks the pipeline end to end
+    python -m masksub_exp.results --report-only # rewrite the page from the runs already there
+
+Every sweep goes through the project's own launcher (`hydra/launcher=slurm`) as a multirun; the sweeps
+are submitted together and SLURM runs `--parallel` jobs at a time (each asks for its share of the
+node's CPUs), each with `--threads` CPU threads. Re-running the same command resumes: finished runs
+are kept (their folders are named by their overrides), so only missing or interrupted runs train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .results_page import Budget, write_page
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One multirun: an experiment preset and the sweeper params it varies (seeds are added)."""
+
+    key: str  # folder under the budget's folder, and how the page finds it
+    experiment: str
+    params: dict[str, str] = field(default_factory=dict)
+    text: bool = False  # the BERT sweep: its own budget
+
+
+def plan() -> list[Sweep]:
+    """The page's sweeps. The ratio and variant sections reuse the ViT's r=0.5 and baseline runs."""
+    return [
+        Sweep("fmnist_vit", "results/vit", {"masksub": "off,mask"}),
+        Sweep("fmnist_swin", "results/swin", {"masksub": "off,mask"}),
+        Sweep("fmnist_resnet", "results/resnet", {"masksub": "off,mask"}),
+        Sweep("vit_ratio", "results/vit", {"masksub": "mask", "masksub.ratio": "0,0.25,0.75"}),
+        Sweep("vit_variants", "results/vit", {"masksub": "droppath,dropout"}),
+        Sweep("bert_minilm", "results/bert", {"masksub": "off,mask"}, text=True),
+    ]
+
+
+def budget_overrides(sweep: Sweep, budget: Budget) -> list[str]:
+    epochs, limit = (budget.text_epochs, budget.text_train_limit) if sweep.text else (budget.epochs, budget.train_limit)
+    out = [f"recipe.epochs={epochs}"]
+    if limit:
+        out.append(f"data.train_limit={limit}")
+    if budget.max_steps:
+        out.append(f"train.max_steps={budget.max_steps}")
+    return out
+
+
+def node_cpus() -> int:
+    """CPUs SLURM offers on the (first) node; a clear error when no cluster answers."""
+    if shutil.which("sinfo") is None:
+        raise SystemExit("error: SLURM is not installed here: run `make results` (as root it sets up "
+                         "launchers/slurm-local) or point SLURM_CONF at a cluster")
+    proc = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise SystemExit(f"error: SLURM does not answer ({proc.stderr.strip() or 'no nodes'}): run "
+                         "`eval \"$(launchers/slurm-local up)\"` first, or `make results`")
+    return int(proc.stdout.split()[0].rstrip("+"))
+
+
+def sweep_command(sweep: Sweep, budget: Budget, sweep_dir: Path, cpus_per_task: int) -> list[str]:
+    seeds = ",".join(str(s) for s in range(budget.seeds))
+    return [
+        sys.executable, "-m", "masksub_exp.train", "-m", f"experiment={sweep.experiment}",
+        *(f"{k}={v}" for k, v in sweep.params.items()), f"seed={seeds}", *budget_overrides(sweep, budget),
+        "train.progress=false", f"hydra.sweep.dir={sweep_dir}",
+        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
+        f"hydra.launcher.cpus_per_task={cpus_per_task}", f"hydra.launcher.timeout_min={budget.timeout_min}",
+        "hydra.launcher.name=masksub-results",
+        f'hydra.launcher.setup=["export OMP_NUM_THREADS={budget.threads}"]',
+    ]
+
+
+def run_sweeps(sweeps: list[Sweep], budget: Budget, root: Path) -> None:
+    """Submit every sweep at once (each waits for its own jobs); fail with every failed sweep's log tail."""
+    cpus = max(1, node_cpus() // budget.parallel)
+    root.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for sweep in sweeps:
+        log = root / f"{sweep.key}.log"
+        cmd = sweep_command(sweep, budget, root / sweep.key, cpus)
+        print(f"[results] {sweep.key}: {' '.join(cmd[2:])}", flush=True)
+        handle = log.open("w")
+        procs.append((sweep, log, handle, subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)))
+    failed = []
+    for sweep, log, handle, proc in procs:
+        code = proc.wait()
+        handle.close()
+        print(f"[results] {sweep.key}: {'done' if code == 0 else f'FAILED (exit {code})'}", flush=True)
+        if code != 0:
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            failed.append(f"--- {sweep.key} (exit {code}, log {log}):\n{tail}")
+    if failed:
+        raise SystemExit("error: some sweeps failed; finished runs are kept, re-run the same command to resume "
+                         "the rest\n" + "\n".join(failed))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="1 seed, 1 epoch of 3 steps per run: a pipeline "
+                        "check, no evidence")
+    parser.add_argument("--seeds", type=int, help="seeds per setting (default 3; --tiny: 1)")
+    parser.add_argument("--epochs", type=int, default=5, help="Fashion-MNIST epochs")
+    parser.add_argument("--train-limit", type=int, default=20000, help="Fashion-MNIST training images (0: all)")
+    parser.add_argument("--text-epochs", type=int, default=2, help="MiniLM epochs")
+    parser.add_argument("--text-train-limit", type=int, default=1536, help="training tweets (0: all 5,155)")
+    parser.add_argument("--max-steps", type=int, help="cap every run at this many steps (--tiny: 3)")
+    parser.add_argument("--parallel", type=int, default=2, help="jobs SLURM runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per job")
+    parser.add_argument("--timeout-min", type=int, default=120, help="SLURM time limit per job")
+    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "results", help="where the run folders go")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="the page goes to OUT/results.md")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; write the page from the runs")
+    args = parser.parse_args(argv)
+    if args.tiny:  # one whole epoch of 3 steps, so every number on the page (epoch time included) exists
+        args.seeds = args.seeds or 1
+        args.epochs = args.text_epochs = 1
+        args.train_limit, args.text_train_limit = 3 * 256, 3 * 32
+    args.seeds = args.seeds or 3
+    for name in ("seeds", "epochs", "text_epochs", "parallel", "threads", "timeout_min"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = Budget(seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit or None,
+                    text_epochs=args.text_epochs, text_train_limit=args.text_train_limit or None,
+                    max_steps=args.max_steps, parallel=args.parallel, threads=args.threads,
+                    timeout_min=args.timeout_min)
+    root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
+    started = time.time()
+    if not args.report_only:
+        run_sweeps(plan(), budget, root)
+    command = " ".join(["python -m masksub_exp.results", *(sys.argv[1:] if argv is None else argv)])
+    page = write_page(root, args.out, budget, command)
+    print(f"[results] wrote {page} ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
