@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test results lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ data:
 
 demo: setup data
 	$(BIN)/python -m masksub_exp.train
+
+# docs/results.md: the evidence sweeps on SLURM (the local one-node cluster when no other answers; root)
+results: setup data
+	@set -e; if ! sinfo -h >/dev/null 2>&1; then out=$$(launchers/slurm-local up); eval "$$out"; fi; \
+	$(BIN)/python -m masksub_exp.results $(RESULTS_ARGS)
 
 test: setup data
 	$(BIN)/python -m pytest

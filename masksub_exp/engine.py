@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,10 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     """Train from `state` to the end, to train.max_steps or to a stop signal; returns the summary."""
     t = p.settings.train
     max_steps = min(p.total_steps, t.max_steps or p.total_steps)
+    finished = finished_summary(p.run_dir, state.step) if state.step >= max_steps else None
+    if finished is not None:  # re-running a finished run redoes nothing and keeps its numbers (wall time too)
+        print(f"already finished at step {state.step}: {p.run_dir / 'summary.json'}", file=sys.stderr, flush=True)
+        return finished
     meter = LossMeter(p.dist.device, start_step=state.step)
     started = time.perf_counter()
     start_step = state.step
@@ -200,6 +205,15 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)
     return summary
+
+
+def finished_summary(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """The summary of a run that already ended at `step`, if it has one (every rank reads the same file)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("step") == step else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ class Sweep:
     key: str  # folder under the budget's folder, and how the page finds it
     experiment: str
     params: dict[str, str] = field(default_factory=dict)
-    text: bool = False  # the BERT sweep: its own budget
+    regime: str = "main"  # which budget: main (Fashion-MNIST), small (little data, long schedule) or text
 
 
 def plan() -> list[Sweep]:
@@ -44,17 +44,23 @@ def plan() -> list[Sweep]:
         Sweep("fmnist_resnet", "results/resnet", {"masksub": "off,mask"}),
         Sweep("vit_ratio", "results/vit", {"masksub": "mask", "masksub.ratio": "0,0.25,0.75"}),
         Sweep("vit_variants", "results/vit", {"masksub": "droppath,dropout"}),
-        Sweep("bert_minilm", "results/bert", {"masksub": "off,mask"}, text=True),
+        Sweep("vit_small_data", "results/vit", {"masksub": "off,mask"}, regime="small"),
+        Sweep("bert_minilm", "results/bert", {"masksub": "off,mask"}, regime="text"),
     ]
 
 
 def budget_overrides(sweep: Sweep, budget: Budget) -> list[str]:
-    epochs, limit = (budget.text_epochs, budget.text_train_limit) if sweep.text else (budget.epochs, budget.train_limit)
+    epochs, limit = {"main": (budget.epochs, budget.train_limit), "text": (budget.text_epochs, budget.text_train_limit),
+                     "small": (budget.small_epochs, budget.small_train_limit)}[sweep.regime]
     out = [f"recipe.epochs={epochs}"]
+    if sweep.regime == "small":
+        out.append(f"train.eval_every={max(1, epochs // 8)}")  # 8 evaluations of the 10,000 test images
     if limit:
         out.append(f"data.train_limit={limit}")
     if budget.max_steps:
         out.append(f"train.max_steps={budget.max_steps}")
+    if budget.log_every:
+        out.append(f"train.log_every={budget.log_every}")  # not part of a run's name: changes no result
     return out
 
 
@@ -114,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="seeds per setting (default 3; --tiny: 1)")
     parser.add_argument("--epochs", type=int, default=5, help="Fashion-MNIST epochs")
     parser.add_argument("--train-limit", type=int, default=20000, help="Fashion-MNIST training images (0: all)")
+    parser.add_argument("--small-epochs", type=int, default=40, help="the little-data ViT's epochs")
+    parser.add_argument("--small-train-limit", type=int, default=3000, help="the little-data ViT's training images")
     parser.add_argument("--text-epochs", type=int, default=2, help="MiniLM epochs")
     parser.add_argument("--text-train-limit", type=int, default=1536, help="training tweets (0: all 5,155)")
     parser.add_argument("--max-steps", type=int, help="cap every run at this many steps (--tiny: 3)")
@@ -126,10 +134,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:  # one whole epoch of 3 steps, so every number on the page (epoch time included) exists
         args.seeds = args.seeds or 1
-        args.epochs = args.text_epochs = 1
-        args.train_limit, args.text_train_limit = 3 * 256, 3 * 32
+        args.epochs = args.text_epochs = args.small_epochs = 1
+        args.train_limit, args.small_train_limit, args.text_train_limit = 3 * 256, 3 * 256, 3 * 32
     args.seeds = args.seeds or 3
-    for name in ("seeds", "epochs", "text_epochs", "parallel", "threads", "timeout_min"):
+    for name in ("seeds", "epochs", "small_epochs", "small_train_limit", "text_epochs", "parallel", "threads",
+                 "timeout_min"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -138,14 +147,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = Budget(seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit or None,
+                    small_epochs=args.small_epochs, small_train_limit=args.small_train_limit,
                     text_epochs=args.text_epochs, text_train_limit=args.text_train_limit or None,
-                    max_steps=args.max_steps, parallel=args.parallel, threads=args.threads,
-                    timeout_min=args.timeout_min)
+                    max_steps=args.max_steps, log_every=1 if args.tiny else None, parallel=args.parallel,
+                    threads=args.threads, timeout_min=args.timeout_min)
     root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
     started = time.time()
     if not args.report_only:
         run_sweeps(plan(), budget, root)
-    command = " ".join(["python -m masksub_exp.results", *(sys.argv[1:] if argv is None else argv)])
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = " ".join(["python -m masksub_exp.results", *given])  # what trains these runs again
     page = write_page(root, args.out, budget, command)
     print(f"[results] wrote {page} ({time.time() - started:.0f} s)")
 

@@ -74,7 +74,8 @@ def loss_curves(runs: list[Run], label: str, path: Path) -> LossCurve | None:
     curves = {}
     for colour, (side, members) in zip(("C0", "C1"), sides.items(), strict=True):
         steps, mean, low, high = curves[side] = mean_curve(members)
-        ax_loss.plot(steps, mean, color=colour, label=f"{side} (mean of {len(members)})")
+        ax_loss.plot(steps, mean, color=colour, marker="o" if len(steps) < 10 else None,
+                     label=f"{side} (mean of {len(members)})")
         ax_loss.fill_between(steps, low, high, color=colour, alpha=0.2)
         epochs = sorted({e["epoch"] for r in members for e in r.evals})
         acc = [statistics.mean(e["top1"] for r in members for e in r.evals if e["epoch"] == ep) for ep in epochs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +46,17 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def slurm_env() -> dict[str, str]:
+    """The real one-node SLURM cluster (launchers/slurm-local, needs root), and an env that reaches it."""
+    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up"], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"the local SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    env["OMP_NUM_THREADS"] = "1"
+    return env

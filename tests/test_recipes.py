@@ -140,7 +140,11 @@ TINY = {
     "rsb": ["data.img_size=64", "model.name=resnet10t"],
     "bert": ["model=bert_micro", "data=synthetic_text"],
     "fmnist": ["data.img_size=28", "data.in_chans=1", "data.mean=[0.0]", "data.std=[1.0]", "model.checkpoint=null"],
+    "results": ["data.img_size=28", "data.in_chans=1", "data.mean=[0.0]", "data.std=[1.0]"],  # models are tiny already
 }
+TEXT_PRESETS = {"results/bert": "bert"}  # text presets outside bert/: smoke-run like bert/ (the micro BERT)
+RECIPE_OF = {"fmnist/deit3_pretrain": "deit3", "fmnist/deit3_finetune": "deit3_ft", "results/vit": "demo",
+             "results/swin": "demo", "results/resnet": "demo", "results/bert": "bert"}
 
 
 def all_grouped_presets() -> list[str]:
@@ -151,13 +155,13 @@ def all_grouped_presets() -> list[str]:
 
 @pytest.mark.parametrize("preset", all_grouped_presets())
 def test_every_preset_runs_two_steps(preset: str, tmp_path: Path) -> None:
-    family = preset.split("/")[0]
+    family = TEXT_PRESETS.get(preset, preset.split("/")[0])
     assert family in TINY, f"add a tiny-model smoke entry for the {family} recipes"
     data = [] if family == "bert" else ["data=synthetic", "data.num_classes=10"]
     cfg = compose_cfg([f"experiment={preset}", *data, "train.batch_size=4", "train.max_steps=2", "train.log_every=1",
                        "train.progress=false", *TINY[family]], tmp_path / "run")
     summary = train(cfg)
-    recipe = {"fmnist/deit3_pretrain": "deit3", "fmnist/deit3_finetune": "deit3_ft"}.get(preset, family)
+    recipe = RECIPE_OF.get(preset, family)
     assert summary["step"] == 2 and summary["recipe"] == recipe and math.isfinite(summary["top1"])
 
 

@@ -7,7 +7,6 @@ the only thing a one-node cluster cannot show is DDP across nodes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -24,25 +23,6 @@ from .conftest import PYTHON, ROOT, compose_cfg
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3",
             'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]']
-
-
-@pytest.fixture(scope="module")
-def slurm_env(cli_env_module: dict[str, str]) -> dict[str, str]:
-    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up"], capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"the local SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
-    env = dict(cli_env_module)
-    env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-@pytest.fixture(scope="module")
-def cli_env_module() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def sweep(args: list[str], env: dict[str, str], tasks: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -125,3 +125,15 @@ def test_cli_config_error_is_one_clear_line(tmp_path: Path, cli_env: dict) -> No
     assert "masksub.ratio=1.2" in proc.stderr and "[0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_rerunning_a_finished_run_redoes_nothing_and_keeps_its_numbers(tmp_path: Path) -> None:
+    cfg = smoke_overrides(train__max_steps=3, train__log_every=1)
+    first = train(compose_cfg(cfg, tmp_path / "run"))
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(compose_cfg(cfg, tmp_path / "run"))
+    assert again == first  # wall time and accuracy of the run that trained, not of the re-run
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == first
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # no second evaluation logged
+    more = train(compose_cfg(smoke_overrides(train__max_steps=5, train__log_every=1), tmp_path / "run"))
+    assert more["step"] == 5 and more["resumed_from_step"] == 3  # a raised cap still continues
