@@ -86,10 +86,13 @@ def comparison_rows(base_runs: list[Run], runs: list[Run], variants: list[str]) 
 
 
 def describe(runs: list[Run]) -> str:
+    """The model as configured: timm name, the preset's changes to it, and its size."""
     r = runs[0]
+    kwargs = {k: v for k, v in r.config.get("model", {}).get("kwargs", {}).items() if k != "img_size"}
+    changes = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     params = r.summary.get("params")
-    size = f", {params / 1e6:.2f}M params" if params else ""
-    return f"timm/HF `{r.summary['model']}`{size}"
+    return f"`{r.summary['model']}`" + (f" with {changes}" if changes else "") + (
+        f"; {params / 1e6:.2f}M params" if params else "")
 
 
 def section_fmnist(groups: dict[str, list[Run]], verdicts: list[str]) -> list[str]:
@@ -117,10 +120,11 @@ def no_other_noise(runs: list[Run]) -> bool:
 def section_ratio(groups: dict[str, list[Run]], out: Path) -> list[str]:
     main, ratio = groups.get("fmnist_vit", []), groups.get("vit_ratio", [])
     runs = main + ratio
-    zero = ("This ViT has no drop-path and no dropout, so at r = 0 the sub pass equals the main pass and its "
-            "distillation gradient is exactly zero: r = 0 must land on the baseline (AdamW hardly sees the halved "
-            "main loss), a check that the sub-branch adds nothing when it has nothing to add." if no_other_noise(runs)
-            else "")
+    zero = ("This ViT has no drop-path and no dropout, so at r = 0 the sub pass computes the main pass again and "
+            "its distillation gradient is zero up to rounding: r = 0 should land on the baseline within the seed "
+            "spread (not bit for bit: the main loss is halved, which AdamW's epsilon and rounding turn into slowly "
+            "diverging trajectories), a check that the sub-branch adds nothing when it has nothing to add."
+            if no_other_noise(runs) else "")
     variants = sorted({r.variant for r in runs if r.summary["masksub_mode"] == "mask"},
                       key=lambda v: float(v.split("=")[1]))
     image = ratio_curve(runs, out / "vit_ratio.png")
@@ -146,7 +150,7 @@ def section_small_data(groups: dict[str, list[Run]], budget: Budget, verdicts: l
                     f"epochs), MaskSub r=0.5: {verdict(base, ours)} ({delta(base, ours)} points)")
     return ["## ViT with little data and a long schedule", "",
             f"The same ViT and recipe on only {budget.small_train_limit} training images for {budget.small_epochs} "
-            "epochs: the regime where the model can overfit, so where a regulariser has something to do. "
+            "epochs: many passes over few images, where a regulariser has more to do than in 5 epochs. "
             "Its training-loss curve is in the training-loss section.", "",
             *comparison_rows(runs, runs, [MAIN_MASK]), ""]
 
