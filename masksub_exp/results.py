@@ -14,6 +14,7 @@ are kept (their folders are named by their overrides), so only missing or interr
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,14 @@ def node_cpus() -> int:
     if shutil.which("sinfo") is None:
         raise SystemExit("error: SLURM is not installed here: run `make results` (as root it sets up "
                          "launchers/slurm-local) or point SLURM_CONF at a cluster")
-    proc = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=60)
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # sinfo would retry for a minute before saying so
+        raise SystemExit(f"error: SLURM_CONF={conf} does not exist: run `eval \"$(launchers/slurm-local up)\"` "
+                         "first, or `make results`")
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("error: SLURM does not answer (sinfo timed out after 120 s)") from None
     if proc.returncode != 0 or not proc.stdout.strip():
         raise SystemExit(f"error: SLURM does not answer ({proc.stderr.strip() or 'no nodes'}): run "
                          "`eval \"$(launchers/slurm-local up)\"` first, or `make results`")
@@ -129,7 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per job")
     parser.add_argument("--timeout-min", type=int, default=120, help="SLURM time limit per job")
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "results", help="where the run folders go")
-    parser.add_argument("--out", type=Path, default=REPO / "docs", help="the page goes to OUT/results.md")
+    parser.add_argument("--out", type=Path, help="the page goes to OUT/results.md (default: docs/; with --tiny "
+                        "the budget's run folder, so a pipeline check never overwrites the real page)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; write the page from the runs")
     args = parser.parse_args(argv)
     if args.tiny:  # one whole epoch of 3 steps, so every number on the page (epoch time included) exists
@@ -152,12 +161,13 @@ def main(argv: list[str] | None = None) -> None:
                     max_steps=args.max_steps, log_every=1 if args.tiny else None, parallel=args.parallel,
                     threads=args.threads, timeout_min=args.timeout_min)
     root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
+    out = args.out or (root if args.tiny else REPO / "docs")
     started = time.time()
     if not args.report_only:
         run_sweeps(plan(), budget, root)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
     command = " ".join(["python -m masksub_exp.results", *given])  # what trains these runs again
-    page = write_page(root, args.out, budget, command)
+    page = write_page(root, out, budget, command)
     print(f"[results] wrote {page} ({time.time() - started:.0f} s)")
 
 

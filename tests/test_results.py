@@ -22,17 +22,20 @@ SECTIONS = ["## Summary", "## Fashion-MNIST: baseline vs MaskSub (r = 0.5)", "##
 
 
 def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slurm_env: dict, tmp_path: Path) -> None:
-    runs, docs = tmp_path / "runs", tmp_path / "docs"
-    cmd = [PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(runs), "--out", str(docs)]
+    runs = tmp_path / "runs"
+    committed = (ROOT / "docs" / "results.md").read_text()
+    cmd = [PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(runs)]
     proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    budget_dir = runs / Budget(seeds=1, epochs=1, train_limit=768, small_epochs=1, small_train_limit=768,
+                               text_epochs=1, text_train_limit=96).tag()
+    docs = budget_dir  # a pipeline check writes its page next to its runs, never over docs/
+    assert (ROOT / "docs" / "results.md").read_text() == committed
     page = (docs / "results.md").read_text()
     positions = [page.find(s) for s in SECTIONS]
     assert -1 not in positions, [s for s, p in zip(SECTIONS, positions, strict=True) if p < 0]
 
     # every run of the plan trained (as a SLURM job of its sweep) and its number is on the page
-    budget_dir = runs / Budget(seeds=1, epochs=1, train_limit=768, small_epochs=1, small_train_limit=768,
-                               text_epochs=1, text_train_limit=96).tag()
     summaries = sorted(budget_dir.rglob("summary.json"))
     assert len(summaries) == 15  # vit 2 + swin 2 + resnet 2 + ratios 3 + variants 2 + little data 2 + bert 2
     for sweep in plan():
@@ -70,6 +73,7 @@ def test_without_slurm_the_command_says_how_to_start_it(tmp_path: Path, cli_env:
     proc = subprocess.run([PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(tmp_path)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "slurm-local up" in proc.stderr and "Traceback" not in proc.stderr
+    assert "missing.conf does not exist" in proc.stderr
 
 
 def test_report_only_without_runs_is_a_clear_error(tmp_path: Path, cli_env: dict) -> None:
