@@ -127,12 +127,18 @@ def _slug(parts: tuple[str, ...]) -> str:
     return "_".join(p.replace("/", "-") for p in parts)
 
 
-def plots(runs: list[Run], out: Path) -> list[Path]:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (imported late: only plotting commands pay for it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plots(runs: list[Run], out: Path) -> list[Path]:
+    plt = pyplot()
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.group].append(run)

@@ -212,10 +212,12 @@ def section_wall_clock(groups: dict[str, list[Run]]) -> list[str]:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, no GPU" if not torch.cuda.is_available() \
-        else f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    """The CPUs the jobs ran on (they ask SLURM for no GPU) and the torch version."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
+    return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, CPU only"
 
 
 def git_commit() -> str:

@@ -6,23 +6,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import Run
+from .report import Run, pyplot
 
 MAIN_MASK = "mask r=0.5"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def ratio_curve(runs: list[Run], path: Path) -> Path:
     """Top-1 (mean +- std over seeds) against r, with the baseline's mean +- std as a band."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     by_ratio: dict[float, list[float]] = {}
     for r in runs:
@@ -69,7 +60,7 @@ def loss_curves(runs: list[Run], label: str, path: Path) -> LossCurve | None:
              "MaskSub r=0.5": [r for r in runs if r.variant == MAIN_MASK and r.train]}
     if not all(sides.values()):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     curves = {}
     for colour, (side, members) in zip(("C0", "C1"), sides.items(), strict=True):
