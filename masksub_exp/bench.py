@@ -2,6 +2,8 @@
 
     python -m masksub_exp.bench [--device cuda] [--models vit_s16,vit_b16,swin_t,resnet50]
                                 [--batch-size N] [--compile] [--json]
+    python -m masksub_exp.bench --loader ...     # the input pipeline per recipe (masksub_exp/bench_loader.py)
+    python -m masksub_exp.bench --train experiment=... [key=value ...]   # a preset end to end through train()
 
 Four modes per model, measured side by side in one process on one resident synthetic batch:
 `baseline` and `masksub` run the engine's own per-batch hot path (`engine.run_batch`: schedule,
@@ -198,6 +200,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--loader" in argv or "--train" in argv:  # the input pipeline, or a preset through train()
+        from .bench_loader import main as loader_main
+
+        return loader_main(argv)
     args = parse_args(argv)
     device = pick_device(args.device)
     if device.type == "cuda":

@@ -58,12 +58,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_precision(name: str, device_type: str) -> tuple[str, bool]:
+    """train.precision on a device -> (autocast dtype name, whether fp32 matmuls/convolutions may use TF32).
+
+    `auto` is bf16 autocast with TF32 for what stays fp32 on CUDA, and fp32 on the CPU. Explicit values
+    mean what they say: fp32 is full fp32 (TF32 off) on any device; bf16 and fp16 allow TF32 on CUDA.
+    """
+    resolved = ("bf16" if device_type == "cuda" else "fp32") if name == "auto" else name
+    return resolved, device_type == "cuda" and resolved != "fp32"
+
+
+def describe_precision(name: str, device_type: str) -> str:
+    """The plan line's words for the precision a run trains in."""
+    resolved, tf32 = resolve_precision(name, device_type)
+    words = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}[resolved]
+    if tf32:
+        words += ", TF32 for fp32 matmuls"
+    elif device_type == "cuda":
+        words += " (TF32 off)"
+    return f"{words} (train.precision={name} on {device_type})"
+
+
 def build_precision(name: str, device: torch.device) -> Precision:
-    if name == "bf16":
+    resolved, tf32 = resolve_precision(name, device.type)
+    if resolved == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
+    if device.type == "cuda":  # process-wide switches: set both ways, so fp32 means fp32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if resolved == "bf16":
         return Precision(torch.bfloat16)
-    if name == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
+    if resolved == "fp16":
         return Precision(torch.float16, torch.amp.GradScaler("cuda"))
     return Precision()
 
@@ -124,11 +149,14 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     t = settings.train
     precision = build_precision(t.precision, dist.device)  # checks first: nothing is built on a bad config
     batch_size, plan = batch_plan(settings, dist.world_size)
+    plan += f"; {describe_precision(t.precision, dist.device.type)}" + (f"; torch.compile ({t.compile_mode})"
+                                                                        if t.compile else "")
     mixup = build_mixup(settings, batch_size)
     loaders = build_loaders(settings.data, settings.recipe.aug, batch_size=batch_size, seed=settings.seed,
                             rank=dist.rank, world_size=dist.world_size,
                             pin_memory=settings.data.pin_memory and dist.device.type == "cuda",
-                            bad_log=run_dir / "bad_images.txt", tokenizer_folder=settings.model.checkpoint)
+                            bad_log=run_dir / "bad_images.txt", tokenizer_folder=settings.model.checkpoint,
+                            device=dist.device)
     steps_per_epoch = len(loaders.train)
     total_steps = steps_per_epoch * t.epochs
     # the model is built after the loaders so its initialisation does not depend on the data

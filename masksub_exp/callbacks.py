@@ -39,4 +39,6 @@ class CompareRuns(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect_summaries(sweep_dir)
         if rows:
-            print(f"\nresults in {sweep_dir} (test top-1/top-5 %, main branch):\n{format_table(rows)}", flush=True)
+            held = {r.get("eval_split") == "holdout" for r in rows}  # data.holdout runs score on held-out samples
+            split = "held-out" if held == {True} else "test" if held == {False} else "held-out (data.holdout) or test"
+            print(f"\nresults in {sweep_dir} ({split} top-1/top-5 %, main branch):\n{format_table(rows)}", flush=True)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 FORMAT_VERSION = 1
 
@@ -34,10 +34,15 @@ def config_hash(settings: Settings) -> str:
     """A hash of everything that changes the trajectory (not caps, logging or worker counts)."""
     d = asdict(settings)
     for key in ("max_steps", "log_every", "ckpt_every", "eval_every", "resume", "progress", "device", "compile",
-                "compile_mode", "channels_last", "count_allreduce"):
-        d["train"].pop(key)
+                "compile_mode", "channels_last", "count_allreduce", "dist_timeout_min"):
+        d["train"].pop(key, None)
     d["data"].pop("num_workers")
     d["data"].pop("pin_memory")
+    if not d["data"].get("batch_augment"):  # off: hash as before the key existed
+        d["data"].pop("batch_augment", None)
+    if not d["data"].get("holdout"):  # no held-out split: hash as before the key existed, so old runs resume
+        d["data"].pop("holdout", None)
+        d["data"].pop("holdout_seed", None)
     d.pop("paths")
     d.pop("paper")
     d.pop("logger")
@@ -107,11 +112,32 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def load(path: Path) -> dict[str, Any]:
+    """The checkpoint, its tensors memory-mapped from the file (mmap=True): every rank of a node shares the
+    page cache instead of holding its own copy, and pages are read only when a state dict is loaded.
+    Drop the payload after `restore_payload` (an atomic save replaces the file; the mapping stays valid)."""
     # weights_only=False: our own checkpoints hold RNG states and numpy objects
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a masksub-exp checkpoint (format {FORMAT_VERSION})")
     return payload
+
+
+class LayoutChanged(ConfigError):
+    """A checkpoint written by another number of processes or another per-process batch."""
+
+
+def check_layout(payload: dict[str, Any], world_size: int, batch_size: int) -> None:
+    """Refuse a resume on another world size or per-process batch: the data position (batches per process)
+    and the per-rank RNG streams saved in the checkpoint would not fit, so the resume could not be exact."""
+    saved_world = payload.get("world_size", len(payload["rng"]))  # older checkpoints: one RNG state per rank
+    saved_batch = payload.get("batch_size")
+    if saved_world == world_size and saved_batch in (None, batch_size):
+        return
+    was = f"{saved_world} process(es)" + (f" x {saved_batch} per process" if saved_batch is not None else "")
+    raise LayoutChanged(
+        f"the checkpoint was written by {was}, this run has {world_size} process(es) x {batch_size}: "
+        "resuming would skip or repeat samples and reuse RNG streams; run with the original layout "
+        "(hydra.launcher nodes/tasks_per_node, train.batch_size) or start over with train.resume=never")
 
 
 def build_payload(*, parts: Any, state: TrainState, cfg_hash: str, rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,10 +154,13 @@ def build_payload(*, parts: Any, state: TrainState, cfg_hash: str, rng: list[dic
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.precision.scaler.state_dict() if parts.precision.scaler is not None else None,
         "rng": rng,
+        "world_size": parts.dist.world_size,  # the layout a resume must match (check_layout)
+        "batch_size": parts.batch_size,
     }
 
 
 def restore_payload(payload: dict[str, Any], parts: Any, rank: int = 0) -> TrainState:
+    check_layout(payload, parts.dist.world_size, parts.batch_size)
     parts.model.net.load_state_dict(payload["model"])
     parts.model.sub_params.load_state_dict(payload["sub_params"])
     if parts.ema is not None and payload["ema"] is not None:
@@ -140,7 +169,5 @@ def restore_payload(payload: dict[str, Any], parts: Any, rank: int = 0) -> Train
     parts.scheduler.load_state_dict(payload["scheduler"])
     if parts.precision.scaler is not None and payload["scaler"] is not None:
         parts.precision.scaler.load_state_dict(payload["scaler"])
-    rngs = payload["rng"]
-    # a run resumed on another number of processes still resumes, with rank 0's streams as a base
-    set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    set_rng_state(payload["rng"][rank])  # one stream per rank: check_layout made sure there is one
     return TrainState(**payload["state"])

@@ -34,16 +34,18 @@ class ModelConfig:
     library: str = "timm"  # timm | transformers
     name: str = "vit_tiny_patch16_224"  # a timm model name, or a transformers class (BertForSequenceClassification)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
-    drop_path_rate: float = 0.0
-    drop_rate: float = 0.0
+    # rates reach the model as written, 0.0 included; null keeps the architecture's own default
+    drop_path_rate: float | None = None
+    drop_rate: float | None = None
     checkpoint: str | None = None  # fine-tune from local weights (a file for timm, a folder for transformers)
 
     def __post_init__(self) -> None:
         _choice("model.library", self.library, ("timm", "transformers"))
         # whether model.checkpoint exists is checked when the model is built, not here: a two-stage sweep
         # submits the fine-tune before the pretraining run has written its checkpoint
-        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "[0, 1)")
-        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "[0, 1)")
+        for key in ("drop_path_rate", "drop_rate"):
+            value = getattr(self, key)
+            _check(value is None or 0.0 <= value < 1.0, f"model.{key}", value, "null or [0, 1)")
 
 
 DATASETS = ("fashion_mnist", "imagefolder", "synthetic", "synthetic_text", "text")
@@ -63,10 +65,23 @@ class DataConfig:
     on_bad_image: str = "error"  # error: stop with the file's path | skip: log, count, use the next sample
     train_limit: int | None = None  # use only N training samples (quick runs)
     eval_limit: int | None = None  # text: evaluate on a random subset of N samples
+    # N samples (or a fraction in (0, 1)) of the training split leave training and become the eval set;
+    # null/0: evaluate on the test split. Which ones is fixed by holdout_seed alone (data/holdout.py)
+    holdout: float | None = None
+    holdout_seed: int = 0
     synthetic_train_size: int = 256
     synthetic_val_size: int = 64
     seq_len: int = 32  # text: tokens per sequence, padding included
     vocab_size: int = 100  # synthetic_text only
+    # imagefolder training input: torch (PIL decode in DataLoader workers) | dali (NVIDIA DALI: GPU JPEG decoding
+    # and augmentation on CUDA, its CPU operators otherwise; pip install '.[dali]')
+    backend: str = "torch"
+    # in-memory small images (fashion_mnist): augment whole batches with vectorised ops, each sample still by its
+    # own seed (data/batched.py); false: the per-sample transform. Same distributions, other draws.
+    batch_augment: bool = False
+    # torch backend: decode a training JPEG at 1/2, 1/4 or 1/8 scale (PIL draft) when the sampled crop still has
+    # at least the output resolution at that scale; false decodes every file in full
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         _choice("data.name", self.name, DATASETS)
@@ -76,6 +91,16 @@ class DataConfig:
                (self.mean, self.std), f"{self.in_chans} values each (data.in_chans)")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
+        _check(self.holdout is None or self.holdout == 0 or 0 < self.holdout < 1
+               or (self.holdout >= 1 and float(self.holdout).is_integer()), "data.holdout", self.holdout,
+               "null or 0 (off), a fraction in (0, 1), or a whole number of samples")
+        _choice("data.backend", self.backend, ("torch", "dali"))
+        _check(self.backend == "torch" or self.name == "imagefolder", "data.backend", self.backend,
+               "'torch' for data.name=" + self.name + " (dali reads imagefolder JPEGs only)")
+        _check(self.backend == "torch" or self.on_bad_image == "error", "data.on_bad_image", self.on_bad_image,
+               "'error' with data.backend=dali (DALI cannot skip a file inside a batch)")
+        _check(self.backend == "torch" or not self.jpeg_draft, "data.jpeg_draft", self.jpeg_draft,
+               "false with data.backend=dali (it decodes on its own)")
         if self.name == "imagefolder":
             _check(bool(self.root), "data.root", self.root, "a folder with train/ and val/ class folders")
         if self.name == "text":
@@ -194,13 +219,17 @@ class MaskSubConfig:
         return self.mode != "off"
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 5
     max_steps: int | None = None  # a cap on optimizer steps, for smoke runs
     batch_size: int | None = 64  # per process; null: recipe.global_batch / number of processes
     accum_steps: int = 1
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
+    # auto: bf16 autocast with TF32 for what stays fp32 on CUDA, fp32 on the CPU | fp32 (TF32 off) | bf16 | fp16
+    precision: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 50
     ckpt_every: int = 0  # optimizer steps between checkpoints; 0: at epoch ends only
@@ -211,6 +240,8 @@ class TrainConfig:
     compile_mode: str = "model"  # model: one graph per branch | blocks: ViT/Swin block by block
     channels_last: bool = True  # for convolutional models on CUDA
     count_allreduce: bool = False  # count DDP gradient all-reduces into summary.json (diagnostics)
+    # bounds the rendezvous and every collective (a barrier while rank 0 writes a checkpoint included)
+    dist_timeout_min: float = 30.0
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
@@ -220,13 +251,14 @@ class TrainConfig:
         _check(self.accum_steps > 0, "train.accum_steps", self.accum_steps, "a positive integer")
         _check(self.batch_size is None or self.batch_size % self.accum_steps == 0, "train.batch_size",
                self.batch_size, f"a multiple of train.accum_steps={self.accum_steps}")
-        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train.precision", self.precision, PRECISIONS)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.resume", self.resume, ("auto", "never"))
         _choice("train.compile_mode", self.compile_mode, ("model", "blocks"))
         _check(self.log_every > 0, "train.log_every", self.log_every, "a positive integer")
         _check(self.ckpt_every >= 0, "train.ckpt_every", self.ckpt_every, ">= 0")
         _check(self.eval_every > 0, "train.eval_every", self.eval_every, "a positive integer")
+        _check(self.dist_timeout_min > 0, "train.dist_timeout_min", self.dist_timeout_min, "minutes, > 0")
 
 
 @dataclass

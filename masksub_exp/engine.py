@@ -1,7 +1,8 @@
 """The one training loop: epochs, the step, logging cadence, evaluation and checkpoints.
 
 It never knows the model family (the model runs its own sub-branch) nor where metrics end up
-(it hands flat records to the sinks). Host syncs happen only every `train.log_every` steps.
+(it hands flat records to the sinks). Host syncs happen only every `train.log_every` steps (the
+per-step stop poll reads an all-reduce started one step earlier).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import checkpoints
 from .build import Parts
 from .checkpoints import TrainState
 from .data.imagefolder import count_bad_images
-from .distributed import all_reduce_sum, barrier
+from .distributed import all_reduce_sum, barrier, sync_batchnorm
 from .meters import LossMeter
 from .preemption import StopSignal
 from .step import Batch, batch_len, train_step
@@ -63,13 +64,13 @@ def log_train(p: Parts, meter: LossMeter, state: TrainState) -> None:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, p: Parts) -> dict[str, float]:
-    """Top-1/top-5 (%) of the main branch over the whole eval set, summed across ranks."""
+def evaluate(net: torch.nn.Module, p: Parts, loader: Any = None) -> dict[str, float]:
+    """Top-1/top-5 (%) of the main branch over the whole eval set (or `loader`'s), summed across ranks."""
     was_training = net.training
     net.eval()
     k = min(5, p.settings.data.num_classes)
     totals = torch.zeros(3, device=p.dist.device)  # correct@1, correct@k, count
-    for x, y in p.loaders.eval:
+    for x, y in (p.loaders.eval if loader is None else loader):
         x, y = to_device(x, p.dist.device, p.memory_format), y.to(p.dist.device, non_blocking=True)
         with p.precision.autocast(p.dist.device.type):
             logits = call_network(net, x)
@@ -82,16 +83,28 @@ def evaluate(net: torch.nn.Module, p: Parts) -> dict[str, float]:
 
 
 def evaluate_all(p: Parts, state: TrainState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    sync_batchnorm(p.model.net, p.ema.module if p.ema is not None else None)  # one model, not N, is evaluated
     record: dict[str, Any] = {"kind": "eval", "step": state.step, "epoch": state.epoch, **evaluate(p.model.net, p),
-                              **(extra or {})}
+                              **({"eval_split": "holdout"} if p.loaders.split else {}), **(extra or {})}
     if p.ema is not None:
         record.update({f"ema_{k}": v for k, v in evaluate(p.ema.module, p).items()})
     p.sinks.log(record)
     return record
 
 
+def evaluate_test(p: Parts, state: TrainState) -> dict[str, Any]:
+    """With data.holdout, the test split once at the end: reported beside the held-out numbers, never selected on."""
+    if p.loaders.test is None:
+        return {}
+    record = {"kind": "test", "step": state.step, "epoch": state.epoch, **evaluate(p.model.net, p, p.loaders.test)}
+    p.sinks.log(record)
+    split = p.loaders.split.summary() if p.loaders.split is not None else {}
+    return {"test_top1": record["top1"], "test_top5": record["top5"], **split}
+
+
 def save_checkpoint(p: Parts, state: TrainState, meter: LossMeter) -> None:
     meter.check()  # never let a NaN reach a checkpoint: the last good one stays
+    sync_batchnorm(p.model.net, p.ema.module if p.ema is not None else None)  # in place: resume == continue
     rng = [checkpoints.rng_state()]
     if dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * p.dist.world_size
@@ -101,7 +114,7 @@ def save_checkpoint(p: Parts, state: TrainState, meter: LossMeter) -> None:
         payload = checkpoints.build_payload(parts=p, state=state, cfg_hash=p.cfg_hash, rng=rng)
         checkpoints.save_atomic(payload, p.run_dir / "checkpoints" / "last.pt")
     p.last_saved_step = state.step
-    barrier()
+    barrier("the barrier after a checkpoint write")
 
 
 def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: LossMeter, max_steps: int) -> None:
@@ -134,10 +147,9 @@ def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter, s
         run_batch(p, state, x, y, meter, max_steps)
         if state.step >= max_steps:
             return "done" if state.batch_in_epoch >= p.steps_per_epoch else "cap"
-        # polling is free in one process; across ranks it is a collective, so only every log_every steps
-        if stop is not None and (not p.dist.distributed or state.step % p.settings.train.log_every == 0):
-            if stop.agreed():
-                return "stop"
+        # every step: one process reads a flag; several read the async all-reduce started one step earlier
+        if stop is not None and stop.poll():
+            return "stop"
         fetch_start = time.perf_counter()
     return "done"
 
@@ -150,6 +162,8 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     if finished is not None:  # re-running a finished run redoes nothing and keeps its numbers (wall time too)
         print(f"already finished at step {state.step}: {p.run_dir / 'summary.json'}", file=sys.stderr, flush=True)
         return finished
+    if p.dist.is_main and p.loaders.split is not None:
+        p.loaders.split.save(p.run_dir)  # which training samples were held out (data.holdout)
     meter = LossMeter(p.dist.device, start_step=state.step)
     started = time.perf_counter()
     start_step = state.step
@@ -160,6 +174,10 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         whole_epoch = state.batch_in_epoch == 0
         epoch_start = time.perf_counter()
         outcome = train_epoch(p, state, max_steps, meter, stop)
+        if outcome == "done" and state.step < max_steps and stop is not None and stop.agreed():
+            # a signal during the epoch's last steps: save before the eval (state stays at the epoch's end;
+            # the resumed run finds no batch left, evaluates and moves on)
+            outcome = "stop"
         if outcome != "done":
             break
         timing = {}
@@ -171,8 +189,11 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
             last_eval = evaluate_all(p, state, timing)
         save_checkpoint(p, state, meter)
+    if stop is not None:
+        stop.drain()  # the last step's flag all-reduce, if one is in flight
     if outcome == "stop":
-        save_checkpoint(p, state, meter)  # the requeued (or re-run) task resumes exactly here
+        if p.last_saved_step != state.step:  # (train.ckpt_every may have saved this very step)
+            save_checkpoint(p, state, meter)  # the requeued (or re-run) task resumes exactly here
     elif last_eval.get("step") != state.step:  # stopped at the step cap mid-epoch, or resumed a finished run
         last_eval = evaluate_all(p, state)
         save_checkpoint(p, state, meter)
@@ -201,6 +222,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),
         **({"amp_skipped_steps": meter.amp_skips_total // p.dist.world_size} if p.precision.scaler else {}),
         **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch", "epoch_train_s")},
+        **(evaluate_test(p, state) if outcome != "stop" else {}),
     }
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)

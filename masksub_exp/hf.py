@@ -96,8 +96,11 @@ def _unexpected_missing(missing: Iterable[str], model_keys: Iterable[str]) -> li
     return sorted(k for k in missing if not k.startswith("classifier.") and not (no_pooler and k in pooler))
 
 
-def bert_for_classification(folder: str | Path, num_labels: int, log: Callable[[str], Any] = print) -> nn.Module:
+def bert_for_classification(folder: str | Path, num_labels: int, log: Callable[[str], Any] = print,
+                            config_overrides: dict[str, Any] | None = None) -> nn.Module:
     """`BertForSequenceClassification` with `num_labels` outputs, encoder weights from a local folder.
+
+    `config_overrides` replace values of the folder's config.json (e.g. `hidden_dropout_prob`).
 
     Raises FileNotFoundError (naming model.checkpoint) when the folder or its config.json is absent,
     and ConfigError when it cannot be loaded or when encoder weights are missing or of another shape:
@@ -112,7 +115,7 @@ def bert_for_classification(folder: str | Path, num_labels: int, log: Callable[[
             # classifier of another shape; it is re-initialised, and any other mismatch fails below
             model, info = BertForSequenceClassification.from_pretrained(
                 str(path), num_labels=num_labels, local_files_only=True, output_loading_info=True,
-                ignore_mismatched_sizes=True)
+                ignore_mismatched_sizes=True, **(config_overrides or {}))
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.checkpoint={str(folder)!r}: cannot load a BERT classifier: {error}") from error
     missing = sorted(info.get("missing_keys", []))

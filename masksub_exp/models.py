@@ -33,13 +33,18 @@ def build_transformers_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> 
         from .hf import bert_for_classification
 
         return bert_for_classification(model_cfg.checkpoint, data_cfg.num_classes,
-                                       log=lambda line: print(line, file=sys.stderr, flush=True))
+                                       log=lambda line: print(line, file=sys.stderr, flush=True),
+                                       config_overrides=transformers_dropout(model_cfg))
     config_class = model_class.config_class
     kwargs = dict(model_cfg.kwargs)
     kwargs.setdefault("num_labels", data_cfg.num_classes)
-    if model_cfg.drop_rate:
-        kwargs.setdefault("hidden_dropout_prob", model_cfg.drop_rate)
+    kwargs.update(transformers_dropout(model_cfg))
     return model_class(config_class(**kwargs))
+
+
+def transformers_dropout(model_cfg: ModelConfig) -> dict[str, float]:
+    """model.drop_rate as a BERT config value; 0.0 is a rate, null keeps the checkpoint's or class's default."""
+    return {} if model_cfg.drop_rate is None else {"hidden_dropout_prob": model_cfg.drop_rate}
 
 
 def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
@@ -49,9 +54,10 @@ def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     kwargs = dict(model_cfg.kwargs)
     kwargs.setdefault("num_classes", data_cfg.num_classes)
     kwargs.setdefault("in_chans", data_cfg.in_chans)
-    if model_cfg.drop_path_rate:
+    # 0.0 is a rate like any other (timm's Swin defaults to 0.1); only null keeps the architecture's default
+    if model_cfg.drop_path_rate is not None:
         kwargs["drop_path_rate"] = model_cfg.drop_path_rate
-    if model_cfg.drop_rate:
+    if model_cfg.drop_rate is not None:
         kwargs["drop_rate"] = model_cfg.drop_rate
     if not timm.is_model(model_cfg.name):
         raise ConfigError(f"model.name={model_cfg.name!r} is not a timm model (timm.list_models() lists them)")

@@ -1,7 +1,8 @@
 """Stop requests: SLURM preemption/timeout (SIGUSR2, through submitit) and SIGTERM/SIGINT elsewhere.
 
-A signal only sets a flag; the loop polls it at step boundaries, all ranks agree on the step to
-stop at, rank 0 saves a checkpoint there, and only then is the job handed back to submitit's own
+A signal only sets a flag; the loop polls it at every step (an async all-reduce of the flags, read
+one step later) and again before each epoch-end eval and save, so all ranks agree on the step to
+stop at; rank 0 saves a checkpoint there, and only then is the job handed back to submitit's own
 handler, which requeues it (the requeued task resumes from that checkpoint). Outside a submitit
 job, SIGTERM and SIGINT save and exit cleanly; a second SIGINT interrupts at once.
 """
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .distributed import collective_failed
+
 Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -35,6 +38,10 @@ class StopSignal:
         self.device = device
         self.signum: int | None = None
         self.previous: dict[int, Handler] = {}
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        self._group = None  # the default group when it is gloo; a gloo side group next to NCCL
+        if self._distributed() and dist.get_backend() != "gloo":
+            self._group = dist.new_group(backend="gloo")  # a collective: every rank builds its StopSignal
         if in_submitit_job():
             # submitit bypasses SIGTERM on purpose (SLURM sends it around requeues); we only take USR2
             signals = [signal.SIGUSR2]
@@ -51,15 +58,53 @@ class StopSignal:
         print(f"received {signal.Signals(signum).name}: stopping at the next step boundary, after a checkpoint",
               file=sys.stderr, flush=True)
 
-    def agreed(self) -> bool:
-        """Whether any rank was asked to stop (a collective: every rank must call it at the same step)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.signum is not None  # one process: a plain flag, no tensor, no sync
-        flag = torch.tensor([self.signum or 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    def _distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _read_pending(self) -> bool:
+        """Wait for the flag all-reduce started at the previous poll (long done by now) and read it."""
+        if self._pending is None:
+            return False
+        work, flag = self._pending
+        self._pending = None
+        try:
+            work.wait()
+        except RuntimeError as exc:
+            raise collective_failed("the stop-flag all-reduce", exc) from None
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())
+
+    def poll(self) -> bool:
+        """Cheap enough for every step: reads the all-reduce of the flags started at the previous step and starts
+        the next one (a collective: every rank calls it at every step). A signal is acted on one step late."""
+        if not self._distributed():
+            return self.signum is not None  # one process: a plain flag, no tensor, no sync
+        if self._read_pending():
+            return True
+        # a CPU tensor on a gloo group: no device sync, the result is read one step later
+        flag = torch.tensor([self.signum or 0], dtype=torch.int32)
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        return False
+
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop, now (blocking; every rank calls it at the same point): before the
+        epoch-end eval and save, so a signal during the last steps of an epoch does not wait for them."""
+        if not self._distributed():
+            return self.signum is not None
+        pending = self._read_pending()
+        flag = torch.tensor([self.signum or 0], dtype=torch.int32)
+        try:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        except RuntimeError as exc:
+            raise collective_failed("the stop-flag all-reduce", exc) from None
+        if flag.item() and self.signum is None:
+            self.signum = int(flag.item())
+        return pending or bool(flag.item())
+
+    def drain(self) -> None:
+        """Complete the flag all-reduce in flight, if any (every rank, at the same point)."""
+        self._read_pending()
 
     @property
     def name(self) -> str:

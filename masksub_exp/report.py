@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ def load_run(folder: Path) -> Run:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line torn by a kill
                 continue
-            (run.train if record.get("kind") == "train" else run.evals).append(record)
+            if record.get("kind") in ("train", "eval"):  # (a data.holdout run's end-of-run "test" line is not a curve)
+                (run.train if record["kind"] == "train" else run.evals).append(record)
     return run
 
 
@@ -170,17 +172,85 @@ def plots(runs: list[Run], out: Path) -> list[Path]:
     return written
 
 
+def find_searches(folders: list[Path]) -> list[Path]:
+    """The `searches/<study>.json` files that hydra/sweeper=optuna writes into its sweep folder."""
+    return sorted({path.resolve() for folder in folders for path in folder.rglob("searches/*.json")})
+
+
+def _read_summary(run_dir: str | None) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json" if run_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _fmt(value: Any, digits: str = ".2f") -> str:
+    return "-" if value is None else format(value, digits) if isinstance(value, float) else str(value)
+
+
+def search_section(path: Path, out: Path) -> str:
+    """A search's trials (held-out top-1 it was selected on, test top-1 beside it), its best parameters,
+    and a plot of top-1 against the first searched parameter (masksub.ratio when searched)."""
+    search = json.loads(path.read_text())
+    trials = search["trials"]
+    names = sorted({name for t in trials for name in t["params"]}, key=lambda n: (n != "masksub.ratio", n))
+    lines = [f"## Search `{search['study_name']}`", "",
+             f"{sum(t['state'] == 'COMPLETE' for t in trials)} complete of {len(trials)} trial(s) "
+             f"({search['n_trials']} wanted); selected on held-out top-1 (data.holdout), test top-1 only reported.",
+             "", "| trial | state | " + " | ".join(names) + " | held-out top-1 | test top-1 | run |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|"]
+    points = []
+    for t in trials:
+        summary = _read_summary(t.get("run_dir"))
+        params = " | ".join(_fmt(t["params"].get(n), ".4g") for n in names)
+        run = Path(t.get("run_dir") or "-").name
+        lines.append(f"| {t['number']} | {t['state']} | {params} | {_fmt(t['value'])} | "
+                     f"{_fmt(summary.get('test_top1'))} | {run} |")
+        if t["state"] == "COMPLETE" and names and isinstance(t["params"].get(names[0]), int | float):
+            points.append((t["params"][names[0]], t["value"], summary.get("test_top1"), t["number"]))
+    best = search.get("best")
+    if best:
+        summary = _read_summary(next((t.get("run_dir") for t in trials if t["number"] == best["number"]), None))
+        lines += ["", f"Best: trial {best['number']}, {best['params']}: held-out top-1 {best['value']:.2f}, "
+                  f"test top-1 {_fmt(summary.get('test_top1'))}."]
+    if points:
+        image = out / ("search_" + re.sub(r"[^A-Za-z0-9._-]+", "_", search["study_name"]) + ".png")
+        _search_plot(points, names[0], search["study_name"], image)
+        lines += ["", f"![{image.stem}]({image.name})"]
+    return "\n".join(lines)
+
+
+def _search_plot(points: list[tuple], name: str, title: str, image: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    x = [p[0] for p in points]
+    ax.plot(x, [p[1] for p in points], "o", color="C0", label="held-out top-1 (selected on)")
+    tested = [p for p in points if p[2] is not None]
+    if tested:
+        ax.plot([p[0] for p in tested], [p[2] for p in tested], "s", mfc="none", color="C1", label="test top-1")
+    for value, held, _, number in points:
+        ax.annotate(str(number), (value, held), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel=name, ylabel="top-1 (%)", title=title if len(title) < 70 else title[:67] + "...")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(image, dpi=110)
+    plt.close(fig)
+
+
 def report(folders: list[Path], out: Path, metric: str = "top1", extra_runs: list[Run] | None = None) -> str:
     runs = find_runs(folders) + list(extra_runs or [])
     if not runs:
         raise FileNotFoundError(f"no run folders (with summary.json) under {', '.join(map(str, folders))}")
     out.mkdir(parents=True, exist_ok=True)
     images = plots(runs, out)
+    searches = [search_section(path, out) for path in find_searches(folders)]
+    held = any(r.summary.get("eval_split") == "holdout" for r in runs)
     text = "\n".join([
         f"# MaskSub vs baseline ({len(runs)} runs)", "",
-        f"Final eval {metric} (%), mean +- std over seeds.", "",
+        f"Final eval {metric} (%), mean +- std over seeds."
+        + (" Runs with data.holdout are scored on their held-out samples, not the test set." if held else ""), "",
         table(runs, metric), "",
         *[f"![{p.stem}]({p.name})" for p in images], "",
+        *[section + "\n" for section in searches],
     ])
     (out / "report.md").write_text(text)
     return text

@@ -1,19 +1,24 @@
-"""Regenerate docs/results.md: run the evidence sweeps on SLURM, then write the page from their run folders.
+"""Regenerate docs/results.md: run the evidence sweeps, then write the page from their run folders.
 
     eval "$(launchers/slurm-local up)"          # or any SLURM cluster (SLURM_CONF set)
-    python -m masksub_exp.results               # the full budget (see README: about 1 CPU hour on 2 cores)
+    python -m masksub_exp.results               # the CPU budget (see README)
+    python -m masksub_exp.results --launcher local          # the same runs as local processes, no SLURM
     python -m masksub_exp.results --tiny        # 1 seed, a few steps: checks the pipeline end to end
     python -m masksub_exp.results --report-only # rewrite the page from the runs already there
+    benchmarks/gpu_results.sh                   # the GPU matrix (its runs are committed under docs/results_gpu/)
 
-Every sweep goes through the project's own launcher (`hydra/launcher=slurm`) as a multirun; the sweeps
-are submitted together and SLURM runs `--parallel` jobs at a time (each asks for its share of the
-node's CPUs), each with `--threads` CPU threads. Re-running the same command resumes: finished runs
+With `--launcher slurm` every sweep goes through the project's own launcher (`hydra/launcher=slurm`) as a
+multirun; the sweeps are submitted together and SLURM runs `--parallel` jobs at a time (each asks for its
+share of the node's CPUs), each with `--threads` CPU threads. With `--launcher local` each run is its own
+process, `--parallel` at a time, in the plan's order. Re-running the same command resumes: finished runs
 are kept (their folders are named by their overrides), so only missing or interrupted runs train.
+The page gets a GPU part when `--gpu-runs` (default docs/results_gpu) holds runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results_page import Budget, write_page
+from .results_doc import write_page
+from .results_page import MAIN_KEYS, Budget
+from .results_runs import PlannedRun, expand, interleave, run_locally
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,9 +45,10 @@ class Sweep:
 
 
 def plan() -> list[Sweep]:
-    """The page's sweeps. The ratio and variant sections reuse the ViT's r=0.5 and baseline runs."""
+    """The page's sweeps, in the order they run. The ratio and variant sections reuse the ViT's runs."""
     return [
         Sweep("fmnist_vit", "results/vit", {"masksub": "off,mask"}),
+        Sweep("fmnist_vit_tokens", "results/vit_tokens", {"masksub": "off,mask"}),
         Sweep("fmnist_swin", "results/swin", {"masksub": "off,mask"}),
         Sweep("fmnist_resnet", "results/resnet", {"masksub": "off,mask"}),
         Sweep("vit_ratio", "results/vit", {"masksub": "mask", "masksub.ratio": "0,0.25,0.75"}),
@@ -48,6 +56,10 @@ def plan() -> list[Sweep]:
         Sweep("vit_small_data", "results/vit", {"masksub": "off,mask"}, regime="small"),
         Sweep("bert_minilm", "results/bert", {"masksub": "off,mask"}, regime="text"),
     ]
+
+
+# the CPU budget runs these (a shared 2-core machine fits one model at the full data); the GPU matrix runs the rest
+CPU_SWEEPS = ("fmnist_vit",)
 
 
 def budget_overrides(sweep: Sweep, budget: Budget) -> list[str]:
@@ -62,7 +74,7 @@ def budget_overrides(sweep: Sweep, budget: Budget) -> list[str]:
         out.append(f"train.max_steps={budget.max_steps}")
     if budget.log_every:
         out.append(f"train.log_every={budget.log_every}")  # not part of a run's name: changes no result
-    return out
+    return out + budget.extra.split()
 
 
 def node_cpus() -> int:
@@ -90,7 +102,7 @@ def sweep_command(sweep: Sweep, budget: Budget, sweep_dir: Path, cpus_per_task: 
         sys.executable, "-m", "masksub_exp.train", "-m", f"experiment={sweep.experiment}",
         *(f"{k}={v}" for k, v in sweep.params.items()), f"seed={seeds}", *budget_overrides(sweep, budget),
         "train.progress=false", f"hydra.sweep.dir={sweep_dir}",
-        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
+        "hydra/launcher=slurm_cpu",
         f"hydra.launcher.cpus_per_task={cpus_per_task}", f"hydra.launcher.timeout_min={budget.timeout_min}",
         "hydra.launcher.name=masksub-results",
         f'hydra.launcher.setup=["export OMP_NUM_THREADS={budget.threads}"]',
@@ -121,19 +133,51 @@ def run_sweeps(sweeps: list[Sweep], budget: Budget, root: Path) -> None:
                          "the rest\n" + "\n".join(failed))
 
 
+def planned_runs(sweeps: list[Sweep], budget: Budget) -> list[PlannedRun]:
+    """The main comparison's runs first (every seed), then the ratio, variant, little-data and text sweeps."""
+    def runs(subset: list[Sweep]) -> list[PlannedRun]:
+        return interleave([expand(s.key, s.experiment, s.params, budget.seeds, budget_overrides(s, budget))
+                           for s in subset])
+    return runs([s for s in sweeps if s.key in MAIN_KEYS]) + runs([s for s in sweeps if s.key not in MAIN_KEYS])
+
+
+def run_local(sweeps: list[Sweep], budget: Budget, root: Path, device: str, deadline_min: float | None) -> None:
+    outcome = run_locally(planned_runs(sweeps, budget), root, budget.parallel, budget.threads, device,
+                          None if deadline_min is None else deadline_min * 60)
+    failed = {k: v for k, v in outcome.items() if v.startswith("exit")}
+    late = [k for k, v in outcome.items() if v != "done" and k not in failed]
+    if late:
+        print(f"[results] {len(late)} run(s) not finished by the deadline: the page lists them", flush=True)
+    if failed:
+        logs = "\n".join(f"--- {k} ({v}): {root / (k + '.log')}" for k, v in failed.items())
+        raise SystemExit("error: some runs failed; finished runs are kept, re-run the same command to resume the "
+                         "rest\n" + logs)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="1 seed, 1 epoch of 3 steps per run: a pipeline "
                         "check, no evidence")
     parser.add_argument("--seeds", type=int, help="seeds per setting (default 3; --tiny: 1)")
-    parser.add_argument("--epochs", type=int, default=5, help="Fashion-MNIST epochs")
-    parser.add_argument("--train-limit", type=int, default=20000, help="Fashion-MNIST training images (0: all)")
+    parser.add_argument("--epochs", type=int, default=4, help="Fashion-MNIST epochs")
+    parser.add_argument("--train-limit", type=int, default=0, help="Fashion-MNIST training images (0: all 60,000)")
     parser.add_argument("--small-epochs", type=int, default=40, help="the little-data ViT's epochs")
     parser.add_argument("--small-train-limit", type=int, default=3000, help="the little-data ViT's training images")
     parser.add_argument("--text-epochs", type=int, default=2, help="MiniLM epochs")
     parser.add_argument("--text-train-limit", type=int, default=1536, help="training tweets (0: all 5,155)")
     parser.add_argument("--max-steps", type=int, help="cap every run at this many steps (--tiny: 3)")
-    parser.add_argument("--parallel", type=int, default=2, help="jobs SLURM runs at once")
+    parser.add_argument("--parallel", type=int, default=2, help="jobs run at once")
+    parser.add_argument("--launcher", choices=("slurm", "local"), default="slurm",
+                        help="slurm: multiruns through the project's SLURM launcher; local: one process per run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="train.device of every run")
+    parser.add_argument("--only", default=",".join(CPU_SWEEPS),
+                        help="comma-separated sweep keys to run, or 'all' (default: the CPU budget's sweeps)")
+    parser.add_argument("--deadline-min", type=float, help="local launcher: start no run after this many "
+                        "minutes, stop (checkpoint) the ones still going; the page lists them as unfinished")
+    parser.add_argument("--extra", default="", help="more overrides for every run, space-separated (the GPU "
+                        "matrix: data.batch_augment=true)")
+    parser.add_argument("--gpu-runs", type=Path, default=REPO / "docs" / "results_gpu",
+                        help="the GPU matrix's run folders (the page's GPU part; skipped when absent)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per job")
     parser.add_argument("--timeout-min", type=int, default=120, help="SLURM time limit per job")
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "results", help="where the run folders go")
@@ -143,9 +187,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:  # one whole epoch of 3 steps, so every number on the page (epoch time included) exists
         args.seeds = args.seeds or 1
+        args.only = "all"
         args.epochs = args.text_epochs = args.small_epochs = 1
         args.train_limit, args.small_train_limit, args.text_train_limit = 3 * 256, 3 * 256, 3 * 32
     args.seeds = args.seeds or 3
+    keys = [s.key for s in plan()]
+    args.only = keys if args.only == "all" else args.only.split(",")
+    unknown = [k for k in args.only if k not in keys]
+    if unknown:
+        parser.error(f"--only: unknown sweep(s) {', '.join(unknown)}; known: {', '.join(keys)}, or all")
     for name in ("seeds", "epochs", "small_epochs", "small_train_limit", "text_epochs", "parallel", "threads",
                  "timeout_min"):
         if getattr(args, name) < 1:
@@ -159,15 +209,27 @@ def main(argv: list[str] | None = None) -> None:
                     small_epochs=args.small_epochs, small_train_limit=args.small_train_limit,
                     text_epochs=args.text_epochs, text_train_limit=args.text_train_limit or None,
                     max_steps=args.max_steps, log_every=1 if args.tiny else None, parallel=args.parallel,
-                    threads=args.threads, timeout_min=args.timeout_min)
+                    threads=args.threads, timeout_min=args.timeout_min, launcher=args.launcher, device=args.device,
+                    extra=args.extra)
     root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
     out = args.out or (root if args.tiny else REPO / "docs")
     started = time.time()
-    if not args.report_only:
-        run_sweeps(plan(), budget, root)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
     command = " ".join(["python -m masksub_exp.results", *given])  # what trains these runs again
-    page = write_page(root, out, budget, command)
+    if not args.report_only:
+        sweeps = [s for s in plan() if s.key in args.only]
+        root.mkdir(parents=True, exist_ok=True)
+        record = {"budget": budget.__dict__, "sweeps": [s.key for s in sweeps], "command": command,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))}
+        (root / "budget.json").write_text(json.dumps(record, indent=1))  # fixed before any run starts
+        if args.launcher == "local":
+            run_local(sweeps, budget, root, args.device, args.deadline_min)
+        else:
+            run_sweeps(sweeps, budget, root)
+        record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        (root / "budget.json").write_text(json.dumps(record, indent=1))
+    gpu_root = None if args.tiny else args.gpu_runs
+    page = write_page(root, out, budget, command, gpu_root=gpu_root)
     print(f"[results] wrote {page} ({time.time() - started:.0f} s)")
 
 

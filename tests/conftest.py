@@ -60,3 +60,22 @@ def slurm_env() -> dict[str, str]:
     env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+MULTINODE_ROOT = "/tmp/masksub-slurm-2node"
+
+
+@pytest.fixture(scope="session")
+def multinode_slurm_env() -> dict[str, str]:
+    """A real two-node SLURM cluster (launchers/slurm-local up --nodes 2, needs root): node1 and node2, each
+    slurmd in its own network namespace with its own address and host name. It has its own root, ports and
+    database, so it runs beside the one-node cluster of `slurm_env`."""
+    env = dict(os.environ, SLURM_LOCAL_ROOT=MULTINODE_ROOT)
+    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up", "--nodes", "2"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    if proc.returncode != 0:
+        pytest.fail(f"the local two-node SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
+    env["PYTHONPATH"] = str(ROOT)
+    env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    env["OMP_NUM_THREADS"] = "1"
+    return env

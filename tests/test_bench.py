@@ -41,3 +41,25 @@ def test_compiled_training_runs_both_branches(mode: str, tmp_path: Path) -> None
                                                 train__compile_mode=mode), tmp_path / "run"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["step"] == 3 and all("loss_sub" in r for r in lines if r["kind"] == "train")
+
+
+@pytest.mark.slow
+def test_gpu_loader_script_dry_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_loader.sh on the CPU at toy sizes: JPEGs, prepared copy, reference, runs, table, JSON."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(root / "benchmarks" / "gpu_loader.sh"), "--dry-run", "--work", str(tmp_path / "work"),
+                           "--variants", "full,prepared,dali", "--images", "16"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (tmp_path / "out" / "gpu_loader.err").read_text()[-3000:]
+    result = json.loads((tmp_path / "out" / "gpu_loader.json").read_text())
+    got = {(r["model"], r["mode"], r["variant"]) for r in result["rows"]}
+    variants = {"full", "prepared"} | ({"dali"} if not result["skipped"] else set())
+    assert got == {("vit_s16", mode, v) for mode in ("baseline", "masksub") for v in variants}
+    assert all(r["img_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1 for r in result["rows"])
+    assert all(r["synthetic_img_per_s"] > 0 for r in result["rows"])
+    assert "vs synthetic" in proc.stdout and result["prepare"]["images"] == 16 + 8

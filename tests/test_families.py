@@ -231,6 +231,23 @@ def test_dropout_sets_p_only_during_the_sub_pass() -> None:
     assert seen == [0.1, 0.3, 0.1]
 
 
+@pytest.mark.parametrize("family,mode", [("vit", "dropout"), ("bert", "dropout"), ("vit", "droppath")])
+def test_variants_in_train_mode_honour_the_ratio_and_leave_the_main_pass_untouched(family: str, mode: str) -> None:
+    # train mode, where dropout and drop-path act (in eval mode a DropSub that ignored its ratio or never put p
+    # back would pass); the model's own rates are 0, so its main pass is deterministic even in train mode
+    no_drop = (dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if family == "bert"
+               else dict(drop_rate=0.0, proj_drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0))
+    model = make(family, **no_drop).train()
+    x = inputs(family)
+    with torch.no_grad():
+        main = _main(model, x)
+        torch.testing.assert_close(adapter_for(family, model, 0.0, mode).forward(model, x), main, rtol=1e-5,
+                                   atol=1e-5)  # ratio 0 is the main pass
+        assert not torch.allclose(adapter_for(family, model, 0.5, mode).forward(model, x), main)  # r acts
+        torch.testing.assert_close(_main(model, x), main, rtol=1e-5, atol=1e-5)  # and is undone afterwards
+    assert model.training
+
+
 def test_unsupported_mode_lists_what_is_supported() -> None:
     with pytest.raises(ConfigError, match="dropout.*not supported.*mask: ViTTokenDrop"):
         build_subbranch(nn.Sequential(nn.Conv2d(3, 3, 1)), MaskSubConfig(mode="dropout"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from masksub_exp.sinks.console import ConsoleSink
 from masksub_exp.train import train
 
 from .conftest import PYTHON, ROOT, compose_cfg, smoke_overrides
-from .wandb_records import run_info
+from .wandb_records import exit_code, kinds, run_info
 
 
 @pytest.fixture
@@ -58,6 +60,41 @@ def test_resume_reuses_the_wandb_run_and_new_runs_get_new_ids(offline: None, tmp
     ids_b = {run_info(f)["id"] for f in wandb_files(tmp_path / "b")}
     assert len(wandb_files(tmp_path / "a")) == 2 and len(ids_a) == 1  # two sessions, one W&B run
     assert ids_a.isdisjoint(ids_b)
+
+
+def wandb_service_children() -> list[int]:
+    """Live W&B service (wandb-core) processes started by this process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if "wandb" in name and int(rest.split()[1]) == os.getpid() and rest.split()[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_wandb_run_file_is_complete_when_train_returns(offline: None, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # finish() alone returns before wandb-core has flushed the run file (it closes the run's stream after a
+    # one-way message): the file was sometimes 7 bytes long here, and `wandb sync` would upload a partial
+    # run. The sink waits for the service to exit, so the file is whole, read at once, with no waiting.
+    run = tmp_path / "ok"
+    train(compose_cfg(smoke_overrides(logger="wandb", train__max_steps=2), run))
+    assert not wandb_service_children(), "W&B's service is still running: the run file may be incomplete"
+    [file] = wandb_files(run)
+    assert "run" in kinds(file) and kinds(file)[-1] == "exit" and exit_code(file) == 0
+    # a run that fails still finishes its W&B run, with exit code 1 (README: "finish() is always called")
+    from masksub_exp import losses
+    from masksub_exp.meters import NonFiniteLoss
+
+    real_main = losses.RecipeLoss.main
+    monkeypatch.setattr(losses.RecipeLoss, "main", lambda self, *a: real_main(self, *a) * float("nan"))
+    with pytest.raises(NonFiniteLoss):
+        train(compose_cfg(smoke_overrides(logger="wandb", train__max_steps=2, train__log_every=1), tmp_path / "nan"))
+    [failed] = wandb_files(tmp_path / "nan")
+    assert exit_code(failed) == 1 and not wandb_service_children()
 
 
 def test_disabled_wandb_writes_nothing(offline: None, tmp_path: Path) -> None:
@@ -150,3 +187,38 @@ def test_report_from_the_wandb_api(tmp_path: Path) -> None:
     text = report([], tmp_path / "out", extra_runs=runs)
     assert "| vit_s | deit3 | imagenet | mask r=0.5 | 80.50 +- 0.71 (n=2) | 82.25 +- 0.35 (n=2) | +1.75 |" in text
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+@pytest.mark.slow
+def test_a_requeued_slurm_job_continues_its_wandb_run_and_logs_its_slurm_ids(slurm_env: dict, tmp_path: Path) -> None:
+    from .test_slurm import train_steps, wait_until
+
+    env = {**slurm_env, "NETRC": "/nonexistent", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
+           "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3", "hydra.launcher.wait=false",
+           f"hydra.launcher.name=w{uuid.uuid4().hex[:8]}", "experiment=smoke", "model=vit_fmnist", "data.img_size=28",
+           "data.synthetic_train_size=2048", "train.batch_size=32", "train.epochs=1", "train.log_every=1",
+           "logger=wandb", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [job] = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
+    try:
+        run = wait_until(lambda: next((p for p in tmp_path.iterdir() if p.is_dir() and p.name[0] != "."), None),
+                         60, "the run folder")
+        wait_until(lambda: len(train_steps(run)) >= 5, 180, "five training steps")
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)  # preempted: save, requeue
+        summary = wait_until(lambda: (run / "summary.json").exists() and json.loads((run / "summary.json")
+                             .read_text()), 300, "the requeued job to finish")
+    finally:
+        subprocess.run(["scancel", job], env=env)
+    assert summary["restarts"] == 1 and summary["status"] == "complete"
+    files = wandb_files(run)
+    infos = [run_info(f) for f in files]
+    assert len(files) == 2 and {i["id"] for i in infos} == {(run / "run_id").read_text().strip()}  # one W&B run
+    metas = sorted((i["config"]["meta"] for i in infos), key=lambda m: m["slurm_restart_count"])
+    assert [m["slurm_restart_count"] for m in metas] == [0, 1]  # the second session is the requeued job
+    for meta in metas:  # the job's own SLURM ids (an array task's are <array job>_<task>)
+        assert job in (meta["slurm_job_id"], f"{meta['slurm_array_job_id']}_{meta['slurm_array_task_id']}")
+        assert meta["world_size"] == 1
+    assert all(exit_code(f) == 0 for f in files)

@@ -15,7 +15,7 @@ from masksub_exp.train import train
 
 from .conftest import CONF, compose_cfg
 
-# The recipe table of shared/docs/method.md, typed in independently of conf/.
+# The recipe table of docs/method.md, typed in independently of conf/.
 # opt, lr (effective at the global batch), wd, warmup, warmup_lr, min_lr, layer_decay, epochs, img, drop_path,
 # global batch, mixup, cutmix, smoothing, auto_augment, reprob, colour jitter, repeats, loss, bce thresh,
 # eval crop, ema, clip_grad, model
@@ -54,7 +54,7 @@ PAPER = {
     "clip_ft/vit_b16": dict(opt="adamw", lr=6e-4, wd=0.05, warmup=10, warmup_lr=1e-6, min_lr=1e-6, ld=0.6, epochs=50,
                             img=224, dp=0.0, batch=2048, mixup=0.0, cutmix=0.0, ls=0.1, aa="rand-m9-mstd0.5-inc1",
                             reprob=0.25, cj=0.4, repeats=0, loss="ce", ema=0.9998, clip=None,
-                            model="vit_base_patch16_clip_224"),
+                            model="vit_base_patch16_clip_quickgelu_224"),
     "swin/t": dict(SWIN, dp=0.2, model="swin_tiny_patch4_window7_224"),
     "swin/s": dict(SWIN, dp=0.3, model="swin_small_patch4_window7_224"),
     "swin/b": dict(SWIN, dp=0.5, model="swin_base_patch4_window7_224"),

@@ -15,10 +15,13 @@ from masksub_exp.results_plots import compare_curves
 
 from .conftest import PYTHON, ROOT
 
-SECTIONS = ["## Summary", "## Fashion-MNIST: baseline vs MaskSub (r = 0.5)", "## ViT: the masking ratio",
-            "## ViT: sub-branch variants", "## ViT with little data and a long schedule",
-            "## BERT: MiniLM on the 2016 election tweets",
-            "## Training loss: does MaskSub converge faster?", "## Wall-clock per epoch"]
+SECTIONS = ["## Summary", "## CPU: this machine", "### Fashion-MNIST: baseline vs MaskSub (r = 0.5)",
+            "### Where the baseline stands: top-1 per epoch", "### ViT: the masking ratio",
+            "### ViT: sub-branch variants", "### ViT with little data and a long schedule",
+            "### BERT: MiniLM on the 2016 election tweets",
+            "### Training loss: does MaskSub converge faster?", "### Wall-clock per epoch"]
+TINY = Budget(seeds=1, epochs=1, train_limit=768, small_epochs=1, small_train_limit=768, text_epochs=1,
+              text_train_limit=96)
 
 
 def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slurm_env: dict, tmp_path: Path) -> None:
@@ -27,8 +30,7 @@ def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slur
     cmd = [PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(runs)]
     proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    budget_dir = runs / Budget(seeds=1, epochs=1, train_limit=768, small_epochs=1, small_train_limit=768,
-                               text_epochs=1, text_train_limit=96).tag()
+    budget_dir = runs / TINY.tag()
     docs = budget_dir  # a pipeline check writes its page next to its runs, never over docs/
     assert (ROOT / "docs" / "results.md").read_text() == committed
     page = (docs / "results.md").read_text()
@@ -37,16 +39,17 @@ def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slur
 
     # every run of the plan trained (as a SLURM job of its sweep) and its number is on the page
     summaries = sorted(budget_dir.rglob("summary.json"))
-    assert len(summaries) == 15  # vit 2 + swin 2 + resnet 2 + ratios 3 + variants 2 + little data 2 + bert 2
+    assert len(summaries) == 17  # vit, vit 49 tokens, swin, resnet, little data, bert: 2 each; ratios 3; variants 2
     for sweep in plan():
         assert any((budget_dir / sweep.key / ".submitit").iterdir()), f"{sweep.key} did not go through SLURM"
     for path in summaries:
         summary = json.loads(path.read_text())
         assert summary["status"] == "complete" and summary["epoch"] == 1
         assert f"{summary['top1']:.2f}" in page and summary["epoch_train_s"] > 0
-    assert page.count("(n=1)") >= 15 and "one seed: no verdict" in page  # one seed never claims a gain
+    assert page.count("(n=1)") >= 17 and "one seed: no verdict" in page  # one seed never claims a gain
+    assert "Every planned run finished." not in page  # the SLURM path writes no plan.json: no claim either way
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    assert len(images) == 6  # the ratio curve and five loss-curve figures
+    assert len(images) == 7  # the ratio curve and six loss-curve figures
     for image in images:
         assert (docs / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +59,7 @@ def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slur
     assert again.returncode == 0, again.stderr[-3000:]
     body = lambda text: text[text.index("## Summary"):]  # noqa: E731  (the header names the command and time)
     assert body((docs / "results.md").read_text()) == body(page)
-    assert len(sorted(budget_dir.rglob("summary.json"))) == 15
+    assert len(sorted(budget_dir.rglob("summary.json"))) == 17
 
 
 def test_a_failing_sweep_stops_the_command_with_its_log(slurm_env: dict, tmp_path: Path,
@@ -106,3 +109,90 @@ def test_loss_comparison_reads_the_checkpoints_and_the_crossing(tmp_path: Path) 
     crossing = [2.2 - 0.15 * i for i in range(10)]  # above early, below late
     result = compare_curves((steps, base), (steps, crossing), tmp_path / "x.png")
     assert result.faster == "mixed" and result.reaches != "never"
+
+
+# ---- without SLURM: the local runner, its deadline, and the page's GPU part ----
+
+def test_local_plan_runs_the_main_comparison_first_and_every_seed() -> None:
+    from masksub_exp.results import planned_runs
+
+    runs = planned_runs(plan(), Budget(seeds=2))
+    names = [f"{r.key}/{r.name}" for r in runs]
+    assert len(names) == len(set(names)) == 2 * 17  # every setting of every sweep, once per seed
+    main = {"fmnist_vit", "fmnist_vit_tokens", "fmnist_swin", "fmnist_resnet"}
+    firsts = [r.key in main for r in runs]
+    assert firsts == sorted(firsts, reverse=True)  # no other sweep's run before the last main one
+    assert names[:2] == ["fmnist_vit/masksub=off,seed=0", "fmnist_vit_tokens/masksub=off,seed=0"]
+    seeds = [r.name.endswith("seed=1") for r in runs if r.key in main]
+    assert seeds == sorted(seeds)  # every main setting's seed 0 before any seed 1: a deadline costs seeds, not models
+    ratio = next(r for r in runs if r.key == "vit_ratio")
+    assert "masksub.ratio=0" in ratio.overrides and "recipe.epochs=4" in ratio.overrides
+
+
+def test_local_runner_trains_writes_the_plan_and_reports_runs_cut_by_the_deadline(tmp_path: Path, cli_env: dict,
+                                                                                    monkeypatch) -> None:
+    from masksub_exp.results_doc import write_page
+    from masksub_exp.results_runs import expand, run_locally
+
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    common = ["recipe.epochs=1", "data.train_limit=512", "train.max_steps=2", "train.log_every=1"]
+    runs = expand("fmnist_vit", "results/vit", {"masksub": "off,mask"}, 1, common)
+    outcome = run_locally(runs, tmp_path, parallel=2, threads=1, device="cpu")
+    assert outcome == {"fmnist_vit/masksub=off,seed=0": "done", "fmnist_vit/masksub=mask,seed=0": "done"}
+    for run in runs:
+        summary = json.loads((tmp_path / run.key / run.name / "summary.json").read_text())
+        assert summary["step"] == 2 and summary["masksub_mode"] == ("off" if "off" in run.name else "mask")
+
+    # a deadline already past: nothing more starts, and the page names the runs that did not finish
+    late = expand("fmnist_swin", "results/swin", {"masksub": "off,mask"}, 1, common)
+    outcome = run_locally(runs + late, tmp_path, parallel=2, threads=1, device="cpu", deadline_s=0)
+    assert set(outcome.values()) == {"not started (deadline)"}
+    assert json.loads((tmp_path / "plan.json").read_text())[-1] == "fmnist_swin/masksub=mask,seed=0"
+    page = write_page(tmp_path, tmp_path / "page", Budget(seeds=1, launcher="local"), "test").read_text()
+    assert "**2 planned run(s) did not finish**" in page and "`fmnist_swin/masksub=off,seed=0`" in page
+    assert "as local processes" in page
+
+
+def test_page_gets_a_gpu_part_from_committed_runs(tmp_path: Path) -> None:
+    """The GPU part reads its budget and machine from its own budget.json, not from the CPU command's flags."""
+    import shutil
+
+    from masksub_exp.results_doc import write_page
+
+    source = next(ROOT.glob("docs/results_gpu/budget.json"), None)
+    src_root = source.parent if source else None
+    if src_root is None:  # before the first GPU run is committed: a CPU run folder stands in for it
+        src_root = tmp_path / "src"
+        run = src_root / "fmnist_vit" / "masksub=off,seed=0"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"model": "m", "recipe": "demo", "masksub_mode": "off",
+                                                      "masksub_ratio": 0.0, "top1": 87.5, "seed": 0}))
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    shutil.copytree(src_root, cpu)
+    shutil.copytree(src_root, gpu)
+    record = {"budget": {"seeds": 3, "epochs": 20, "device": "cuda", "launcher": "local"},
+              "sweeps": ["fmnist_vit"], "machine": "NVIDIA TEST GPU, torch 9"}
+    (gpu / "budget.json").write_text(json.dumps(record))
+    page = write_page(cpu, tmp_path / "page", Budget(seeds=1), "cmd", gpu_root=gpu).read_text()
+    assert page.index("## CPU: this machine") < page.index("## GPU: the matrix")
+    assert "NVIDIA TEST GPU, torch 9" in page and "Fashion-MNIST 20 epoch(s)" in page
+    assert (tmp_path / "page" / "results" / "gpu").is_dir()
+    no_gpu = write_page(cpu, tmp_path / "page2", Budget(seeds=1), "cmd", gpu_root=tmp_path / "absent").read_text()
+    assert "## GPU" not in no_gpu
+
+
+@pytest.mark.slow
+def test_gpu_matrix_script_dry_run_on_the_cpu(tmp_path: Path, cli_env: dict) -> None:
+    """benchmarks/gpu_results.sh end to end on the CPU at a tiny budget: what the GPU call runs, minus the GPU."""
+    env = dict(cli_env, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), PY=PYTHON, LOADER_S="0",
+               ONLY="fmnist_vit", CARRY=str(tmp_path / "no-carry"))
+    proc = subprocess.run(["bash", "benchmarks/gpu_results.sh", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "matrix: exit 0" in proc.stdout
+    listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "gpu_runs.tgz")], capture_output=True,
+                             text=True, check=True).stdout.split()
+    summaries = [n for n in listing if n.endswith("summary.json")]
+    assert len(summaries) == 2 and "./budget.json" in listing and "./plan.json" in listing
+    assert not [n for n in listing if n.endswith(".pt")]  # no checkpoints travel back

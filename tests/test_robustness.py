@@ -68,6 +68,8 @@ BAD_INPUTS = [
     (["model=bert_micro", "data=synthetic_text", "masksub=droppath"], "not supported"),
     (["model=swin_micro", "data.img_size=64", "masksub.unit_px=30"], "masksub.unit_px"),
     ([*SLURM_BAD_SHAPE], "tasks_per_node"),
+    (["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null"], "hydra/launcher=slurm_cpu"),
+    (["masksub.ratio=0.5=3"], "cannot parse"),
     (["model.checkpoint=/nonexistent/weights.pt"], "model.checkpoint"),
 ]
 
@@ -78,13 +80,14 @@ def run_cli(args: list[str], env: dict, timeout: int = 180) -> subprocess.Comple
 
 
 def test_bad_inputs_fail_fast_with_one_clear_message(tmp_path: Path, cli_env: dict) -> None:
-    assert len(BAD_INPUTS) >= 30
+    assert len(BAD_INPUTS) >= 40
 
     def attempt(i: int) -> tuple[int, subprocess.CompletedProcess]:
         overrides, _ = BAD_INPUTS[i]
         run_dir = tmp_path / f"case{i}"
         where = [f"hydra.sweep.dir={run_dir}"] if "-m" in overrides else [f"hydra.run.dir={run_dir}"]
-        return i, run_cli([*SMOKE, *overrides, *where], cli_env)
+        flags = [a for a in overrides if a.startswith("-")]  # before the overrides, or argparse refuses the line
+        return i, run_cli([*flags, *SMOKE, *[a for a in overrides if a not in flags], *where], cli_env)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(pool.map(attempt, range(len(BAD_INPUTS))))
@@ -92,12 +95,38 @@ def test_bad_inputs_fail_fast_with_one_clear_message(tmp_path: Path, cli_env: di
     for i, (overrides, key) in enumerate(BAD_INPUTS):
         proc = results[i]
         err = proc.stderr
-        ok = (proc.returncode != 0 and "Traceback" not in err and key in err
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # [..][HYDRA] logs
+        ok = (proc.returncode == 2 and len(lines) == 1 and key in lines[0]  # README: one line, exit code 2
+              and not lines[0].startswith("usage:")
               and not list((tmp_path / f"case{i}").rglob("metrics.jsonl"))  # nothing was trained
               and not list((tmp_path / f"case{i}").rglob(".submitit")))  # nothing was submitted
         if not ok:
             failures.append(f"{overrides}: rc={proc.returncode}\n{err[-800:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_hydra_full_error_still_gives_the_full_trace(cli_env: dict, tmp_path: Path) -> None:
+    proc = run_cli([*SMOKE, "masksub.ratoi=0.5", f"hydra.run.dir={tmp_path}"], {**cli_env, "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
+    assert "masksub.ratoi" in proc.stderr and len(proc.stderr.splitlines()) > 10
+
+
+def test_a_run_folder_in_use_is_refused_in_one_line(cli_env: dict, tmp_path: Path) -> None:
+    import os
+
+    from masksub_exp.run_folder import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RunLock(run)  # this test process holds the folder, as a live job of the same command would
+    try:
+        proc = run_cli([*SMOKE, "train.max_steps=1", f"hydra.run.dir={run}"], cli_env)
+    finally:
+        lock.release()
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"run folder {run} is in use by pid {os.getpid()}" in lines[0]
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()  # nothing written
 
 
 # ---- data ------------------------------------------------------------------------------------------

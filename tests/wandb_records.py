@@ -37,10 +37,25 @@ def records(path: Path) -> list[Any]:
     return out
 
 
+def kinds(path: Path) -> list[str]:
+    """The record types in the file, in order ("run", "history", ..., "exit")."""
+    return [record.WhichOneof("record_type") for record in records(path)]
+
+
+def exit_code(path: Path) -> int:
+    """The exit code the run's `finish()` wrote (its exit record, which must be there)."""
+    exits = [record.exit.exit_code for record in records(path) if record.WhichOneof("record_type") == "exit"]
+    assert exits, f"{path} has no exit record (records: {kinds(path)}, {path.stat().st_size} bytes)"
+    return exits[-1]
+
+
 def run_info(path: Path) -> dict[str, Any]:
     """The run record's id, group, job type, name and config, plus every logged history key."""
     info: dict[str, Any] = {"history_keys": set()}
-    for record in records(path):
+    found = records(path)
+    assert any(r.WhichOneof("record_type") == "run" for r in found), (
+        f"{path} holds no run record ({len(found)} records, {path.stat().st_size} bytes): is the file complete?")
+    for record in found:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             info.update(id=record.run.run_id, group=record.run.run_group, job_type=record.run.job_type,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from ..config import ConfigError
@@ -21,9 +22,18 @@ class BadImageError(RuntimeError):
     """An image file that cannot be read, with on_bad_image=error."""
 
 
+def open_lazily(path: str) -> Image.Image:
+    """The file opened but not decoded, so a transform can pick the decode scale (PIL's draft) first."""
+    return Image.open(path)
+
+
 class CheckedImageFolder(ImageFolder):
-    def __init__(self, root: str, transform: Any, on_bad_image: str, bad_log: Path | None) -> None:
-        super().__init__(root, transform=transform)
+    def __init__(self, root: str, transform: Any, on_bad_image: str, bad_log: Path | None,
+                 lazy_decode: bool = False) -> None:
+        if lazy_decode:  # the transform decodes (DraftRandomResizedCrop); a bad file still raises inside __getitem__
+            super().__init__(root, transform=transform, loader=open_lazily)
+        else:
+            super().__init__(root, transform=transform)
         self.on_bad_image = on_bad_image
         self.bad_log = bad_log
 
@@ -52,11 +62,11 @@ class CheckedImageFolder(ImageFolder):
 
 
 def image_folder(root: str, split: str, transform: Any, *, num_classes: int, on_bad_image: str = "error",
-                 bad_log: Path | None = None) -> ImageFolder:
+                 bad_log: Path | None = None, lazy_decode: bool = False) -> ImageFolder:
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"ImageFolder split {folder} does not exist: data.root must hold train/ and val/")
-    dataset = CheckedImageFolder(str(folder), transform, on_bad_image, bad_log)
+    dataset = CheckedImageFolder(str(folder), transform, on_bad_image, bad_log, lazy_decode)
     if len(dataset.classes) > num_classes:
         raise ConfigError(f"data.num_classes={num_classes} but {folder} has {len(dataset.classes)} class folders: "
                           "labels would fall beyond the classifier head; set data.num_classes to at least that")

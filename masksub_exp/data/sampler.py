@@ -50,12 +50,29 @@ class ResumableSampler(Sampler):
         return max(0, len(self.base) - self.skip)
 
 
+class SeededRepeatAugSampler(RepeatAugSampler):
+    """timm's RepeatAugSampler with the order drawn from seed + epoch (timm's uses the epoch alone, so every
+    seed of a sweep would see the same order), as torch's DistributedSampler does."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch = self.seed + epoch  # the parent seeds its generator with self.epoch and nothing else
+        try:
+            return super().__iter__()
+        finally:
+            self.epoch = epoch
+
+
 def train_sampler(dataset: Dataset, seed: int, rank: int, world_size: int, repeats: int = 0) -> ResumableSampler:
     """Shuffled shards per process; with repeats > 1 timm's repeated-augmentation sampler (each image
     `repeats` times per epoch, the copies spread over the processes, augmented independently)."""
     if repeats > 1:
-        base: Sampler[int] = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                              num_repeats=repeats)
+        base: Sampler[int] = SeededRepeatAugSampler(dataset, seed=seed, num_replicas=world_size, rank=rank,
+                                                    shuffle=True, num_repeats=repeats)
     else:
         base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                   drop_last=True)

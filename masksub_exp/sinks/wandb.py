@@ -72,4 +72,15 @@ class WandbSink:
         self.run.log(values, step=record["step"])
 
     def close(self, exit_code: int = 0) -> None:
+        """Finish the run and return only once its run file (`run-<id>.wandb`) is complete on disk.
+
+        `finish()` returns when W&B's service (wandb-core) has handled the exit record, but the service writes
+        the run file through a buffer that it flushes when the run's stream closes, and `finish()` asks for
+        that close without waiting for it (a one-way `inform_finish`). Right after `finish()` the file can
+        still be 7 bytes long, so a `wandb sync` of a finished run would upload a partial run (seen in
+        tests/test_logging.py). `wandb.teardown()` waits for the service process to exit, which closes and
+        flushes every stream; it is skipped when another W&B run of this process is still active.
+        """
         self.run.finish(exit_code=exit_code)
+        if wandb.run is None:
+            wandb.teardown()

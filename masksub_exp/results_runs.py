@@ -1,0 +1,92 @@
+"""Run the results sweeps without SLURM: every run of every sweep as its own `masksub_exp.train` process.
+
+Used on a machine with no cluster (the GPU box of `benchmarks/gpu_results.sh`) and on a shared CPU where
+SLURM's node is busy. Runs go in the plan's order (the main comparison first), `parallel` at a time. With a
+deadline, no run starts after it, and runs still going then get SIGTERM: they checkpoint and exit within
+`grace_s` (else they are killed), and a re-run resumes them. Every planned run is listed in `plan.json`, so
+the page names the runs that did not finish instead of silently leaving them out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str  # the sweep's folder
+    name: str  # the run's folder inside it: its overrides
+    overrides: tuple[str, ...]
+
+
+def expand(key: str, experiment: str, params: dict[str, str], seeds: int, common: Sequence[str]) -> list[PlannedRun]:
+    """One run per combination of the sweep's comma-separated values and the seeds (every setting's seed 0 first)."""
+    names = list(params)
+    runs = []
+    for seed in range(seeds):
+        for values in itertools.product(*(params[n].split(",") for n in names)):
+            chosen = [f"{n}={v}" for n, v in zip(names, values, strict=True)] + [f"seed={seed}"]
+            runs.append(PlannedRun(key, ",".join(chosen), (f"experiment={experiment}", *chosen, *common)))
+    return runs
+
+
+def interleave(groups: list[list[PlannedRun]]) -> list[PlannedRun]:
+    """Seed 0 of every setting of every sweep first, then seed 1, ...: a cut-off run loses seeds, not models."""
+    ordered: list[PlannedRun] = []
+    for batch in itertools.zip_longest(*groups):
+        ordered.extend(r for r in batch if r is not None)
+    return ordered
+
+
+def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int, device: str,
+                deadline_s: float | None = None, grace_s: float = 60.0) -> dict[str, str]:
+    """Run `runs` as subprocesses; returns {key/name: outcome}. Logs go to <root>/<key>/<name>.log."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "plan.json").write_text(json.dumps([f"{r.key}/{r.name}" for r in runs], indent=1))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    pending, active, outcome = list(runs), [], {}
+    while pending or active:
+        late = deadline_s is not None and time.monotonic() - started > deadline_s
+        while pending and len(active) < parallel and not late:
+            run = pending.pop(0)
+            folder = root / run.key / run.name
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "masksub_exp.train", *run.overrides, f"train.device={device}",
+                   "train.progress=false", f"hydra.run.dir='{folder}'"]
+            log = (root / run.key / f"{run.name}.log").open("w")
+            active.append((run, log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        if late:
+            for run in pending:
+                outcome[f"{run.key}/{run.name}"] = "not started (deadline)"
+            pending.clear()
+            for _, _, proc in active:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # checkpoint and exit: a re-run resumes it
+        for item in list(active):
+            run, log, proc = item
+            code = proc.poll()
+            if code is None and late and time.monotonic() - started > deadline_s + grace_s:
+                proc.kill()
+                code = proc.wait()
+            if code is not None:
+                log.close()
+                active.remove(item)
+                stopped = late and code in (-15, 143)  # SIGTERM at the deadline: checkpointed, resumable
+                outcome[f"{run.key}/{run.name}"] = "done" if code == 0 else "stopped (deadline)" if stopped \
+                    else f"exit {code}"
+                print(f"[results] {run.key}/{run.name}: {outcome[f'{run.key}/{run.name}']} "
+                      f"({time.monotonic() - started:.0f} s)", flush=True)
+        time.sleep(0.5)  # a poll interval, not a wait for anything in particular
+    return outcome

@@ -1,0 +1,128 @@
+"""The command line as a new user meets it: inspecting configs, CPU jobs on SLURM, and sbatch's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONF, PYTHON, ROOT
+
+PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+
+# one interpreter, every preset and mode: the real entry point (`python -m masksub_exp.train`) run as __main__
+# each time, its exit code and output collected (a subprocess per call would cost ~5 s of imports each)
+LOOP = """
+import contextlib, io, json, runpy, sys
+from hydra.core.global_hydra import GlobalHydra
+for preset in json.loads(sys.argv[1]):
+    for mode in (["--cfg", "job", "--resolve"], ["--cfg", "all", "--resolve"], ["--info"]):
+        GlobalHydra.instance().clear()
+        sys.argv = ["masksub_exp/train.py", f"experiment={preset}", *mode]
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                runpy.run_module("masksub_exp.train", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            code = exc.code or 0
+        print(json.dumps({"preset": preset, "mode": mode[1] if len(mode) > 1 else "info", "code": code,
+                          "out": out.getvalue(), "err": err.getvalue()[-2000:]}))
+"""
+
+
+@pytest.mark.slow
+def test_cfg_job_resolve_cfg_all_and_info_work_for_every_preset(cli_env: dict) -> None:
+    import yaml
+
+    env = {**cli_env, "PYTHONWARNINGS": "ignore::RuntimeWarning"}  # runpy's note about re-running the module
+    env.pop("MASKSUB_OUTPUT_ROOT", None)
+    proc = subprocess.run([PYTHON, "-c", LOOP, json.dumps(PRESETS)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 3 * len(PRESETS) and len(PRESETS) >= 30
+    failures = [f"{r['preset']} {r['mode']}: exit {r['code']}\n{r['err']}" for r in results
+                if r["code"] != 0 or "Traceback" in r["err"] or "Error" in r["err"]]
+    assert not failures, "\n".join(failures)
+    for r in results:
+        if r["mode"] == "info":
+            assert "Defaults List" in r["out"] + r["err"] and f"name: {r['preset']}" in r["out"] + r["err"]
+            continue
+        cfg = yaml.safe_load(r["out"])
+        # the folder a run of the same command uses (Hydra makes it absolute), not None or an interpolation
+        kind = "sweeps" if r["preset"] == "demo" else "runs"  # the demo preset is a sweep of masksub=off,mask
+        assert cfg["paths"]["output_dir"] == str(ROOT / "outputs" / r["preset"] / kind / "default"), r["preset"]
+        assert cfg["name"] == r["preset"] and isinstance(cfg["train"]["epochs"], int)
+        assert "${" not in r["out"]  # every value resolved
+        if r["mode"] == "all":
+            assert cfg["hydra"]["run"]["dir"] == f"outputs/{r['preset']}/runs/default"
+
+
+def run_cli(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr without Hydra's own log lines of a multirun ([date][HYDRA] ...)."""
+    return [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")]
+
+
+def test_gpu_launchers_with_no_gpus_say_to_use_slurm_cpu(cli_env: dict, tmp_path: Path) -> None:
+    def attempt(preset: str) -> subprocess.CompletedProcess:
+        return run_cli(["-m", f"hydra/launcher={preset}", "hydra.launcher.gpus_per_node=null", "experiment=smoke",
+                        f"hydra.sweep.dir={tmp_path / preset}"], cli_env)
+
+    presets = ["slurm", "slurm_1x8", "slurm_8x8"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for preset, proc in zip(presets, pool.map(attempt, presets), strict=True):
+            lines = error_lines(proc)
+            assert proc.returncode == 2 and len(lines) == 1, (preset, proc.stderr[-2000:])
+            assert "gpus_per_node=null" in lines[0] and "hydra/launcher=slurm_cpu" in lines[0]
+            assert not (tmp_path / preset / ".submitit").exists()
+
+
+@pytest.mark.slow
+def test_slurm_cpu_runs_on_the_local_cluster(slurm_env: dict, tmp_path: Path) -> None:
+    # the preset as it is (4 CPUs, no GPU, one task), on the real one-node cluster (8 CPUs, no GPUs)
+    name = f"c{uuid.uuid4().hex[:8]}"
+    proc = run_cli(["-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.name={name}", "experiment=smoke",
+                    "train.max_steps=2", "train.progress=false", f"hydra.sweep.dir={tmp_path}"], slurm_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "train.max_steps=2" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["world_size"] == 1
+    [script] = list((tmp_path / ".submitit").rglob("*_submission.sh"))
+    text = script.read_text()
+    assert "#SBATCH --cpus-per-task=4" in text and "#SBATCH --ntasks-per-node=1" in text
+    assert "gpu" not in text.lower() and "gres" not in text.lower()
+    assert "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK" in text
+
+
+@pytest.mark.parametrize("args,reason,asked", [
+    (["hydra/launcher=slurm"], "Invalid generic resource (gres) specification",
+     "--gpus-per-node=1 (hydra.launcher.gpus_per_node; CPU only: hydra/launcher=slurm_cpu)"),
+    (["hydra/launcher=slurm_cpu", "hydra.launcher.partition=nosuch"], "Invalid partition name",
+     "partition=nosuch (hydra.launcher.partition)"),
+])
+def test_sbatch_refusals_name_what_was_asked_and_the_override(slurm_env: dict, tmp_path: Path, args: list[str],
+                                                              reason: str, asked: str) -> None:
+    proc = run_cli(["-m", *args, "hydra.launcher.timeout_min=7", "experiment=smoke", f"hydra.sweep.dir={tmp_path}"],
+                   slurm_env)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("launch refused: sbatch said:") and reason in lines[0] and asked in lines[0]
+    assert "time=7 min (hydra.launcher.timeout_min)" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_no_slurm_on_the_machine_is_one_line(cli_env: dict, tmp_path: Path) -> None:
+    env = {**cli_env, "PATH": os.pathsep.join(p for p in cli_env["PATH"].split(os.pathsep)
+                                              if not (Path(p) / "srun").exists())}
+    proc = run_cli(["-m", "hydra/launcher=slurm_cpu", "experiment=smoke", f"hydra.sweep.dir={tmp_path}"], env)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "no SLURM here" in lines[0], proc.stderr[-2000:]
+    assert "hydra/launcher=local" in lines[0]

@@ -1,0 +1,167 @@
+"""Multi-node DDP on a real two-node SLURM cluster on this machine (launchers/slurm-local up --nodes 2).
+
+node1 and node2 are each a slurmd in its own network namespace with its own address (10.77.0.11/12 on a
+bridge) and host name; the ranks rendezvous over TCP between them, through the project's launcher
+(hydra/launcher=slurm_cpu hydra.launcher.nodes=2: one gloo process per node). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from masksub_exp import checkpoints
+from masksub_exp.train import train
+
+from .conftest import PYTHON, ROOT, compose_cfg
+from .test_slurm import train_steps, wait_until
+
+pytestmark = pytest.mark.slow  # each test submits real two-node jobs (20-90 s on a loaded 2-core machine)
+
+LAUNCHER = ["hydra/launcher=slurm_cpu", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3"]
+
+
+def sweep(args: list[str], env: dict[str, str], timeout: int = 240,
+          setup: str = "export OMP_NUM_THREADS=1") -> subprocess.CompletedProcess:
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, f"hydra.launcher.setup=[{json.dumps(setup)}]",
+           f"hydra.launcher.name=mn{uuid.uuid4().hex[:8]}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_folder(sweep_dir: Path) -> Path:
+    return next(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def hosts_of_ranks(sweep_dir: Path) -> dict[int, str]:
+    """From submitit's logs: the host each global rank ran on."""
+    found = {}
+    for log in sweep_dir.glob(".submitit/*/*_log.out"):
+        for m in re.finditer(r"hostname=(\S+), local_rank=\d+\(\d+\), node=\d+\(\d+\), global_rank=(\d+)",
+                             log.read_text()):
+            found[int(m.group(2))] = m.group(1)
+    return found
+
+
+DDP_ARGS = ["experiment=smoke", "masksub.ratio=0.0", "recipe.optimizer.name=sgd", "recipe.optimizer.weight_decay=0",
+            "train.max_steps=6", "train.log_every=3"]
+
+
+def test_two_nodes_train_like_one_process_with_one_all_reduce_per_step(multinode_slurm_env: dict,
+                                                                         tmp_path: Path) -> None:
+    proc = sweep([*DDP_ARGS, "train.batch_size=16", "train.count_allreduce=true", f"hydra.sweep.dir={tmp_path}"],
+                 multinode_slurm_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = run_folder(tmp_path)
+    assert hosts_of_ranks(tmp_path) == {0: "node1", 1: "node2"}, "one rank per node, on two hosts"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 32
+    assert summary["grad_allreduces"] == 6, "each step must all-reduce gradients exactly once (one bucket)"
+    ref = tmp_path / "single"
+    train(compose_cfg([*DDP_ARGS, "train.batch_size=32", "train.progress=false"], ref))
+    a = checkpoints.load(run / "checkpoints" / "last.pt")["model"]
+    b = checkpoints.load(ref / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    print(f"two nodes vs one process: max |dw| = {max((a[k] - b[k]).abs().max().item() for k in a):.2e}")
+
+
+def test_unreachable_master_fails_within_the_timeout_naming_address_and_port(multinode_slurm_env: dict,
+                                                                             tmp_path: Path) -> None:
+    # MASTER_ADDR preset to an address of the cluster's own subnet that no namespace holds: no rank can reach it
+    start = time.monotonic()
+    proc = sweep(["experiment=smoke", "train.max_steps=2", "train.dist_timeout_min=0.05",
+                  f"hydra.sweep.dir={tmp_path}"], multinode_slurm_env,
+                 setup="export OMP_NUM_THREADS=1 MASTER_ADDR=10.77.0.99 MASTER_PORT=29517")
+    elapsed = time.monotonic() - start
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0
+    assert "could not join the process group at MASTER_ADDR:MASTER_PORT=10.77.0.99:29517" in out, out[-3000:]
+    assert "train.dist_timeout_min=0.05" in out
+    assert elapsed < 120, f"the failed rendezvous took {elapsed:.0f} s to report"
+
+
+PREEMPT_ARGS = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_size=2048", "train.batch_size=8",
+                "train.epochs=2", "train.log_every=1"]
+
+
+def test_two_node_job_is_preempted_requeued_and_resumes_exactly(multinode_slurm_env: dict, tmp_path: Path) -> None:
+    env = multinode_slurm_env
+    proc = sweep([*PREEMPT_ARGS, "train.ckpt_every=0,100000", "hydra.launcher.wait=false",
+                  f"hydra.sweep.dir={tmp_path}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_ids = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
+    assert len(job_ids) == 2, proc.stdout
+    try:
+        preempted = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=0,*"), None), 60, "the run folder")
+        reference = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=100000,*"), None), 60, "the folder")
+        wait_until(lambda: len(train_steps(preempted)) >= 5, 120, "the first job to train 5 steps")
+        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], env=env, check=True)
+        summaries = [wait_until(lambda r=r: (r / "summary.json").exists() and json.loads((r / "summary.json")
+                                .read_text()), 240, f"{r.name} to finish") for r in (preempted, reference)]
+    finally:
+        subprocess.run(["scancel", *job_ids], env=env)
+    stopped, twin = summaries
+    assert stopped["status"] == twin["status"] == "complete" and stopped["world_size"] == 2
+    assert stopped["restarts"] == 1 and twin["restarts"] == 0
+    assert 5 <= stopped["resumed_from_step"] < stopped["step"] == twin["step"]
+    assert train_steps(preempted) == list(range(1, stopped["step"] + 1))  # every step logged once
+    a = checkpoints.load(preempted / "checkpoints" / "last.pt")["model"]
+    b = checkpoints.load(reference / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed two-node run diverged from the uninterrupted one"
+
+
+def rank_processes(node: str) -> list[int]:
+    """The training processes (submitit tasks) running inside a node's network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", f"msn-{node}"], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit" in cmdline and "python" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_lost_node_fails_the_job_clearly_within_the_timeout_and_a_rerun_resumes(multinode_slurm_env: dict,
+                                                                               tmp_path: Path) -> None:
+    env = multinode_slurm_env
+    args = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_size=2048", "train.batch_size=8",
+            "train.epochs=1", "train.log_every=1", "train.ckpt_every=4", "train.dist_timeout_min=0.5",
+            f"hydra.sweep.dir={tmp_path}"]
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, 'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
+           f"hydra.launcher.name=lost{uuid.uuid4().hex[:6]}", *args]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = wait_until(lambda: next((p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                                      None), 120, "the run folder")
+        wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+        victims = rank_processes("node2")
+        assert victims, "no training process found on node2"
+        lost_at = time.monotonic()
+        subprocess.run(["kill", "-9", *map(str, victims)], check=True)  # node2's rank dies at once
+        out, err = launcher.communicate(timeout=180)
+        reported_after = time.monotonic() - lost_at
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    text = out + err
+    # srun ends the whole step when a task is killed, so rank 0 does not even wait for its 30 s timeout
+    assert "(task: 1)" in text and "has not produced any output (state: FAILED)" in text, text[-3000:]
+    assert reported_after < 60, f"the sweep took {reported_after:.0f} s to report the lost node"
+    lost_step = checkpoints.load(run / "checkpoints" / "last.pt")["state"]["step"]
+    assert lost_step >= 4
+    # the same command again resumes from the last checkpoint and finishes
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] == lost_step
