@@ -76,9 +76,11 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
     return [f"- Budget, fixed before the runs (`budget.json` is written before the first run starts): {b.seeds} "
             f"seed(s) per setting (seeds 0..{b.seeds - 1}, the same for both arms); Fashion-MNIST {b.epochs} "
             f"epoch(s) on {b.train_limit or 'all 60,000'} training images (batch 256, the demo recipe: AdamW "
-            "2e-3, cosine, label smoothing 0.1, shift + flip), test on all 10,000 after every epoch; the "
-            f"little-data ViT {b.small_epochs} epoch(s) on {b.small_train_limit} images; MiniLM {b.text_epochs} "
-            f"epoch(s) on {b.text_train_limit or 'all'} tweets"
+            "2e-3, cosine, label smoothing 0.1, shift + flip), test on all 10,000 after every epoch"
+            + (f"; the little-data ViT {b.small_epochs} epoch(s) on {b.small_train_limit} images"
+               if "vit_small_data" in part.sweeps else "")
+            + (f"; MiniLM {b.text_epochs} epoch(s) on {b.text_train_limit or 'all'} tweets"
+               if "bert_minilm" in part.sweeps else "")
             + (f"; every run capped at {b.max_steps} steps" if b.max_steps else "")
             + (f"; every run with `{b.extra}`" if b.extra else ""),
             f"- Sweeps: {', '.join(part.sweeps)}",

@@ -204,7 +204,7 @@ def section_small_data(groups: dict[str, list[Run]], budget: Budget, verdicts: l
                     f"epochs), MaskSub r=0.5: {verdict(base, ours)} ({delta(base, ours)} points)")
     return ["## ViT with little data and a long schedule", "",
             f"The same ViT and recipe on only {budget.small_train_limit} training images for {budget.small_epochs} "
-            "epochs: many passes over few images, where a regulariser has more to do than in 5 epochs. "
+            "epochs: many passes over few images, where a regulariser has more to do than on the full set. "
             "Its training-loss curve is in the training-loss section.", "",
             *comparison_rows(runs, runs, [MAIN_MASK]), ""]
 
@@ -251,7 +251,7 @@ def section_loss(groups: dict[str, list[Run]], out: Path, verdicts: list[str], r
 def section_wall_clock(groups: dict[str, list[Run]]) -> list[str]:
     lines = ["## Wall-clock per epoch", "",
              "Training seconds per epoch (no evaluation, no checkpoint), mean +- std over runs, and the ratio "
-             "to the same model's baseline. Jobs ran side by side on the same CPUs, so take ratios, not absolutes.",
+             "to the same model's baseline. Jobs ran side by side on the same machine, so take ratios, not absolutes.",
              "", "| model | setting | s / epoch | vs baseline |", "|---|---|---|---|"]
     for key, label in MODELS.items():
         runs = groups.get(key, []) + (groups.get("vit_ratio", []) + groups.get("vit_variants", [])

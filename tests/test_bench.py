@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,13 @@ def test_compiled_training_runs_both_branches(mode: str, tmp_path: Path) -> None
                                                 train__compile_mode=mode), tmp_path / "run"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["step"] == 3 and all("loss_sub" in r for r in lines if r["kind"] == "train")
+    # the compiled model computes what the eager one does: the first step's main loss (same weights, same
+    # batch; the sub-branch's masks come from another RNG stream inside a compiled graph, so not that one)
+    train(compose_cfg(smoke_overrides(train__max_steps=1, train__log_every=1), tmp_path / "eager"))
+    eager = [json.loads(x) for x in (tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in lines if r["kind"] == "train"][0]
+    assert first["step"] == 1 and math.isfinite(first["loss_sub"])
+    assert first["loss_main"] == pytest.approx(eager[0]["loss_main"], rel=1e-4)
 
 
 @pytest.mark.slow

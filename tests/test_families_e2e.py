@@ -42,6 +42,8 @@ def test_two_step_smoke_run(name: str, tmp_path: Path) -> None:
     assert len(train_lines) == 2
     assert all(math.isfinite(r["loss_main"]) and math.isfinite(r["loss_sub"]) for r in train_lines)
     assert 0.0 <= summary["top1"] <= 100.0
+    correct = summary["top1"] * 64 / 100  # the 64 synthetic validation samples, whatever the family
+    assert abs(correct - round(correct)) < 1e-6, f"top-1 {summary['top1']} is not k/64"
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -21,7 +21,7 @@ from masksub_exp import checkpoints
 from masksub_exp.train import train
 
 from .conftest import PYTHON, ROOT, compose_cfg
-from .test_slurm import train_steps, wait_until
+from .test_slurm import assert_resumed_exactly, preempt_one_of_twins, train_steps, wait_until
 
 pytestmark = pytest.mark.slow  # each test submits real two-node jobs (20-90 s on a loaded 2-core machine)
 
@@ -93,29 +93,10 @@ PREEMPT_ARGS = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_s
 
 
 def test_two_node_job_is_preempted_requeued_and_resumes_exactly(multinode_slurm_env: dict, tmp_path: Path) -> None:
-    env = multinode_slurm_env
-    proc = sweep([*PREEMPT_ARGS, "train.ckpt_every=0,100000", "hydra.launcher.wait=false",
-                  f"hydra.sweep.dir={tmp_path}"], env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    job_ids = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
-    assert len(job_ids) == 2, proc.stdout
-    try:
-        preempted = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=0,*"), None), 60, "the run folder")
-        reference = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=100000,*"), None), 60, "the folder")
-        wait_until(lambda: len(train_steps(preempted)) >= 5, 120, "the first job to train 5 steps")
-        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], env=env, check=True)
-        summaries = [wait_until(lambda r=r: (r / "summary.json").exists() and json.loads((r / "summary.json")
-                                .read_text()), 240, f"{r.name} to finish") for r in (preempted, reference)]
-    finally:
-        subprocess.run(["scancel", *job_ids], env=env)
-    stopped, twin = summaries
-    assert stopped["status"] == twin["status"] == "complete" and stopped["world_size"] == 2
-    assert stopped["restarts"] == 1 and twin["restarts"] == 0
-    assert 5 <= stopped["resumed_from_step"] < stopped["step"] == twin["step"]
-    assert train_steps(preempted) == list(range(1, stopped["step"] + 1))  # every step logged once
-    a = checkpoints.load(preempted / "checkpoints" / "last.pt")["model"]
-    b = checkpoints.load(reference / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed two-node run diverged from the uninterrupted one"
+    stopped, twin, preempted, reference = preempt_one_of_twins(sweep, PREEMPT_ARGS, multinode_slurm_env, tmp_path,
+                                                               5, 240)
+    assert stopped["world_size"] == 2  # both nodes, before and after the requeue
+    assert_resumed_exactly(stopped, twin, preempted, reference, 5)
 
 
 def rank_processes(node: str) -> list[int]:

@@ -91,32 +91,41 @@ PREEMPT_ARGS = ["experiment=smoke", "model=vit_fmnist", "data.img_size=28", "dat
                 "train.batch_size=32", "train.epochs=3", "train.log_every=1"]
 
 
-def test_preemption_requeues_and_resumes_exactly(slurm_env: dict, tmp_path: Path) -> None:
-    # two identical trajectories (train.ckpt_every does not change them, only the run folder);
-    # the first one is preempted mid-run
-    proc = sweep([*PREEMPT_ARGS, "train.ckpt_every=0,100000", "hydra.launcher.wait=false",
-                  f"hydra.sweep.dir={tmp_path}"], slurm_env)
+def preempt_one_of_twins(submit, args: list[str], env: dict[str, str], sweep_dir: Path, steps: int,
+                         wait_s: float) -> tuple[dict, dict, Path, Path]:
+    """Two identical runs (train.ckpt_every changes only the run folder, not the trajectory); the first is
+    preempted with USR2 after `steps` steps. Returns both summaries and run folders once both finished."""
+    proc = submit([*args, "train.ckpt_every=0,100000", "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep_dir}"],
+                  env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_ids = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
     assert len(job_ids) == 2, proc.stdout
     try:
         # Hydra names each run folder after the job's overrides
-        preempted = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=0,*"), None), 60, "the run folder")
-        reference = wait_until(lambda: next(tmp_path.glob("*train.ckpt_every=100000,*"), None), 60, "the folder")
-        wait_until(lambda: len(train_steps(preempted)) >= 15, 180, "the first job to train 15 steps")
-        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], env=slurm_env, check=True)
+        preempted = wait_until(lambda: next(sweep_dir.glob("*train.ckpt_every=0,*"), None), 60, "the run folder")
+        reference = wait_until(lambda: next(sweep_dir.glob("*train.ckpt_every=100000,*"), None), 60, "the folder")
+        wait_until(lambda: len(train_steps(preempted)) >= steps, wait_s / 2, f"the first job to train {steps} steps")
+        subprocess.run(["scancel", "--signal=USR2", job_ids[0]], env=env, check=True)
         summaries = [wait_until(lambda r=r: (r / "summary.json").exists() and json.loads((r / "summary.json")
-                                .read_text()), 300, f"{r.name} to finish") for r in (preempted, reference)]
+                                .read_text()), wait_s, f"{r.name} to finish") for r in (preempted, reference)]
     finally:
-        subprocess.run(["scancel", *job_ids], env=slurm_env)
-    stopped = summaries[0]
-    assert stopped["status"] == "complete" and summaries[1]["status"] == "complete"
-    assert stopped["restarts"] == 1 and summaries[1]["restarts"] == 0
-    assert 15 <= stopped["resumed_from_step"] < stopped["step"] == summaries[1]["step"]
+        subprocess.run(["scancel", *job_ids], env=env)
+    return summaries[0], summaries[1], preempted, reference
+
+
+def assert_resumed_exactly(stopped: dict, twin: dict, preempted: Path, reference: Path, steps: int) -> None:
+    assert stopped["status"] == twin["status"] == "complete"
+    assert stopped["restarts"] == 1 and twin["restarts"] == 0
+    assert steps <= stopped["resumed_from_step"] < stopped["step"] == twin["step"]
     assert train_steps(preempted) == list(range(1, stopped["step"] + 1))  # every step logged once
     a = checkpoints.load(preempted / "checkpoints" / "last.pt")["model"]
     b = checkpoints.load(reference / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged from the uninterrupted one"
+
+
+def test_preemption_requeues_and_resumes_exactly(slurm_env: dict, tmp_path: Path) -> None:
+    stopped, twin, preempted, reference = preempt_one_of_twins(sweep, PREEMPT_ARGS, slurm_env, tmp_path, 15, 300)
+    assert_resumed_exactly(stopped, twin, preempted, reference, 15)
 
 
 def test_failing_job_is_reported_and_nothing_hangs(slurm_env: dict, tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ def assert_run_folder(run: Path, masksub: bool) -> None:
     assert {"top1", "top5"} <= eval_lines[-1].keys()
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["top1"] <= summary["top5"] <= 100
+    assert summary["top1"] == eval_lines[-1]["top1"]
+    # counted over exactly the 64 synthetic validation images: a whole number of them, no other denominator
+    assert abs(summary["top1"] * 64 / 100 - round(summary["top1"] * 64 / 100)) < 1e-6
 
 
 @pytest.mark.parametrize("masksub", ["off", "mask"])
