@@ -144,6 +144,7 @@ TINY = {
 }
 TEXT_PRESETS = {"results/bert": "bert"}  # text presets outside bert/: smoke-run like bert/ (the micro BERT)
 RECIPE_OF = {"fmnist/deit3_pretrain": "deit3", "fmnist/deit3_finetune": "deit3_ft", "results/vit": "demo",
+             "results/vit_tokens": "demo",
              "results/swin": "demo", "results/resnet": "demo", "results/bert": "bert"}
 
 
