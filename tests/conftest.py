@@ -79,3 +79,13 @@ def multinode_slurm_env() -> dict[str, str]:
     env["SLURM_CONF"] = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A real 1 MiB tmpfs (root only), to fill up for real: room for one 600 KiB checkpoint, not for two."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazy: a test that failed may still map a file

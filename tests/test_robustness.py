@@ -279,16 +279,6 @@ def test_sigterm_and_sigint_save_and_exit_cleanly(tmp_path: Path, cli_env: dict,
 
 # ---- disks ------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A real 1 MiB tmpfs (root only), to fill up for real."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_full_disk_is_a_clear_error(tiny_fs: Path, cli_env: dict) -> None:
     proc = run_cli([*KILL_RUN, "train.max_steps=2", f"hydra.run.dir={tiny_fs / 'run'}"], cli_env)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr

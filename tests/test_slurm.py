@@ -76,15 +76,21 @@ def test_ddp_two_tasks_match_one_process_and_all_reduce_once_per_step(slurm_env:
                  slurm_env, tasks=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert_two_ranks_match_one_process(run, tmp_path / "single")
+
+
+def assert_two_ranks_match_one_process(run: Path, reference: Path) -> float:
+    """A 2-rank run of DDP_ARGS at batch 16 per rank: one all-reduce per step, and the weights of a one-process
+    run at batch 32 (trained here, into `reference`). Returns the largest weight difference."""
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 32
     assert summary["grad_allreduces"] == 6, "each step must all-reduce gradients exactly once (one bucket)"
-    ref = tmp_path / "single"
-    train(compose_cfg([*DDP_ARGS, "train.batch_size=32", "train.progress=false"], ref))
+    train(compose_cfg([*DDP_ARGS, "train.batch_size=32", "train.progress=false"], reference))
     a = checkpoints.load(run / "checkpoints" / "last.pt")["model"]
-    b = checkpoints.load(ref / "checkpoints" / "last.pt")["model"]
+    b = checkpoints.load(reference / "checkpoints" / "last.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 PREEMPT_ARGS = ["experiment=smoke", "model=vit_fmnist", "data.img_size=28", "data.synthetic_train_size=2048",
