@@ -29,7 +29,7 @@ def build_transformers_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> 
     model_class = getattr(transformers, model_cfg.name, None)
     if model_class is None:
         raise ConfigError(f"model.name={model_cfg.name!r} is not a transformers model class")
-    if model_cfg.checkpoint:  # a local HF folder (config, weights, tokenizer); the classifier starts new
+    if model_cfg.checkpoint is not None:  # a local HF folder (config, weights, tokenizer); the classifier starts new
         from .hf import bert_for_classification
 
         return bert_for_classification(model_cfg.checkpoint, data_cfg.num_classes,
@@ -65,7 +65,7 @@ def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
         net = timm.create_model(model_cfg.name, pretrained=False, **kwargs)
     except TypeError as exc:  # an argument the architecture does not take
         raise ConfigError(f"model.kwargs for {model_cfg.name}: {exc}") from exc
-    if model_cfg.checkpoint:
+    if model_cfg.checkpoint is not None:
         load_pretrained(net, model_cfg.checkpoint, log=lambda line: print(line, file=sys.stderr, flush=True))
     return net
 

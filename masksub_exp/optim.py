@@ -20,7 +20,7 @@ _FUSED = {"adam", "adamw", "sgd", "momentum"}
 
 def effective_lr(cfg: OptimizerConfig, global_batch: int) -> float:
     """The recipe's lr, scaled linearly by global_batch / lr_base_batch when the recipe says so."""
-    if cfg.lr_base_batch:
+    if cfg.lr_base_batch is not None:  # validated > 0; null: the lr is used as written
         return cfg.lr * global_batch / cfg.lr_base_batch
     return cfg.lr
 
