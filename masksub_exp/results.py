@@ -203,6 +203,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def budget_record(root: Path, budget: Budget, sweeps: list[str], command: str, started: float) -> dict:
+    """budget.json: the budget and every call that ran sweeps under it (a later call for more sweeps is a new
+    part; the earlier parts, their commands and times stay on record)."""
+    path = root / "budget.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    parts = earlier.get("parts") or ([{k: earlier[k] for k in ("sweeps", "command", "started", "finished")
+                                       if k in earlier}] if earlier else [])
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    parts = [*parts, {"sweeps": sweeps, "command": command, "started": when}]
+    union = list(dict.fromkeys(k for part in parts for k in part.get("sweeps", [])))
+    return {"budget": budget.__dict__, "sweeps": union, "parts": parts, "command": command,
+            "started": parts[0].get("started", when)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = Budget(seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit or None,
@@ -219,14 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         sweeps = [s for s in plan() if s.key in args.only]
         root.mkdir(parents=True, exist_ok=True)
-        record = {"budget": budget.__dict__, "sweeps": [s.key for s in sweeps], "command": command,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))}
+        record = budget_record(root, budget, [s.key for s in sweeps], command, started)
         (root / "budget.json").write_text(json.dumps(record, indent=1))  # fixed before any run starts
         if args.launcher == "local":
             run_local(sweeps, budget, root, args.device, args.deadline_min)
         else:
             run_sweeps(sweeps, budget, root)
-        record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record["finished"] = record["parts"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         (root / "budget.json").write_text(json.dumps(record, indent=1))
     gpu_root = None if args.tiny else args.gpu_runs
     page = write_page(root, out, budget, command, gpu_root=gpu_root)

@@ -69,8 +69,11 @@ class Part:
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
     b = part.budget
     cost = sum(r.summary.get("wall_time_s", 0.0) for r in runs) * b.threads / 3600
-    started, finished = part.record.get("started"), part.record.get("finished")
-    span = f"from {started} to {finished}" if started and finished else "-"
+    calls = part.record.get("parts") or [part.record]
+    spans = [f"from {c['started']} to {c.get('finished') or '(no end recorded)'}" for c in calls if "started" in c]
+    span = "-" if not spans else spans[0] if len(calls) == 1 else "; ".join(
+        f"{span} ({', '.join(c.get('sweeps', []))}: `{c.get('command', '?')}`)"
+        for span, c in zip(spans, calls, strict=False))
     where = ("as SLURM jobs through the project's launcher (`hydra/launcher=slurm_cpu`)" if b.launcher == "slurm"
              else "as local processes (`--launcher local`, one `masksub_exp.train` per run)")
     return [f"- Budget, fixed before the runs (`budget.json` is written before the first run starts): {b.seeds} "

@@ -3,8 +3,9 @@
 Used on a machine with no cluster (the GPU box of `benchmarks/gpu_results.sh`) and on a shared CPU where
 SLURM's node is busy. Runs go in the plan's order (the main comparison first), `parallel` at a time. With a
 deadline, no run starts after it, and runs still going then get SIGTERM: they checkpoint and exit within
-`grace_s` (else they are killed), and a re-run resumes them. Every planned run is listed in `plan.json`, so
-the page names the runs that did not finish instead of silently leaving them out.
+`grace_s` (else they are killed), and a re-run resumes them; finished runs are kept, not run again. Every
+planned run is listed in `plan.json` (a later call for more sweeps adds to it), so the page names the runs
+that did not finish instead of silently leaving them out.
 """
 
 from __future__ import annotations
@@ -49,14 +50,29 @@ def interleave(groups: list[list[PlannedRun]]) -> list[PlannedRun]:
     return ordered
 
 
+def write_plan(root: Path, names: list[str]) -> None:
+    """plan.json lists every run planned under `root`: a later call (more sweeps) adds to it, never drops."""
+    path = root / "plan.json"
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(earlier + [n for n in names if n not in earlier], indent=1))
+
+
+def is_complete(folder: Path) -> bool:
+    path = folder / "summary.json"
+    return path.exists() and json.loads(path.read_text()).get("status") == "complete"
+
+
 def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int, device: str,
                 deadline_s: float | None = None, grace_s: float = 60.0) -> dict[str, str]:
     """Run `runs` as subprocesses; returns {key/name: outcome}. Logs go to <root>/<key>/<name>.log."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "plan.json").write_text(json.dumps([f"{r.key}/{r.name}" for r in runs], indent=1))
+    write_plan(root, [f"{r.key}/{r.name}" for r in runs])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     started = time.monotonic()
-    pending, active, outcome = list(runs), [], {}
+    outcome = {f"{r.key}/{r.name}": "done" for r in runs if is_complete(root / r.key / r.name)}
+    pending, active = [r for r in runs if f"{r.key}/{r.name}" not in outcome], []
+    if outcome:  # a finished run is kept as it is: its log and numbers stay those of the run that trained it
+        print(f"[results] {len(outcome)} run(s) already finished: kept", flush=True)
     while pending or active:
         late = deadline_s is not None and time.monotonic() - started > deadline_s
         while pending and len(active) < parallel and not late:

@@ -144,14 +144,41 @@ def test_local_runner_trains_writes_the_plan_and_reports_runs_cut_by_the_deadlin
         summary = json.loads((tmp_path / run.key / run.name / "summary.json").read_text())
         assert summary["step"] == 2 and summary["masksub_mode"] == ("off" if "off" in run.name else "mask")
 
-    # a deadline already past: nothing more starts, and the page names the runs that did not finish
+    logs = {run.name: (tmp_path / run.key / f"{run.name}.log").read_text() for run in runs}
+
+    # a deadline already past: nothing more starts, and the page names the runs that did not finish; the
+    # finished runs are kept as they are (not run again: their logs are those of the runs that trained)
     late = expand("fmnist_swin", "results/swin", {"masksub": "off,mask"}, 1, common)
     outcome = run_locally(runs + late, tmp_path, parallel=2, threads=1, device="cpu", deadline_s=0)
-    assert set(outcome.values()) == {"not started (deadline)"}
-    assert json.loads((tmp_path / "plan.json").read_text())[-1] == "fmnist_swin/masksub=mask,seed=0"
+    assert outcome == {**{f"{r.key}/{r.name}": "done" for r in runs},
+                       **{f"{r.key}/{r.name}": "not started (deadline)" for r in late}}
+    assert logs == {run.name: (tmp_path / run.key / f"{run.name}.log").read_text() for run in runs}
+    # a later call for other sweeps adds to the plan and never drops what an earlier call planned
+    run_locally(late, tmp_path, parallel=2, threads=1, device="cpu", deadline_s=0)
+    assert json.loads((tmp_path / "plan.json").read_text()) == [f"{r.key}/{r.name}" for r in runs + late]
     page = write_page(tmp_path, tmp_path / "page", Budget(seeds=1, launcher="local"), "test").read_text()
     assert "**2 planned run(s) did not finish**" in page and "`fmnist_swin/masksub=off,seed=0`" in page
     assert "as local processes" in page
+
+
+def test_budget_json_keeps_every_call_that_ran_under_the_budget(tmp_path: Path) -> None:
+    """A second call for more sweeps (ratio, variants) is a new part: the first call's record stays."""
+    from masksub_exp.results import budget_record
+    from masksub_exp.results_doc import Part, budget_lines
+
+    budget = Budget(seeds=3, epochs=4, launcher="local")
+    first = budget_record(tmp_path, budget, ["fmnist_vit"], "cmd one", 0.0)
+    first["finished"] = first["parts"][-1]["finished"] = "1970-01-01 01:00:00 UTC"
+    (tmp_path / "budget.json").write_text(json.dumps(first))
+    second = budget_record(tmp_path, budget, ["vit_ratio", "fmnist_vit"], "cmd two", 7200.0)
+    assert second["sweeps"] == ["fmnist_vit", "vit_ratio"] and second["started"] == "1970-01-01 00:00:00 UTC"
+    assert [p["command"] for p in second["parts"]] == ["cmd one", "cmd two"]
+    assert second["parts"][0]["finished"] == "1970-01-01 01:00:00 UTC" and "finished" not in second["parts"][1]
+    (tmp_path / "budget.json").write_text(json.dumps(second))
+    text = "\n".join(budget_lines(Part.load(tmp_path, budget), [], "a machine"))
+    assert "from 1970-01-01 00:00:00 UTC to 1970-01-01 01:00:00 UTC (fmnist_vit: `cmd one`)" in text
+    assert "from 1970-01-01 02:00:00 UTC to (no end recorded) (vit_ratio, fmnist_vit: `cmd two`)" in text
+    assert "Sweeps: fmnist_vit, vit_ratio" in text
 
 
 def test_page_gets_a_gpu_part_from_committed_runs(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def assert_run_folder(run: Path, masksub: bool) -> None:
+def assert_run_folder(run: Path, masksub: bool, n_val: int = 64) -> None:
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     records = read_jsonl(run / "metrics.jsonl")
@@ -38,8 +38,10 @@ def assert_run_folder(run: Path, masksub: bool) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["top1"] <= summary["top5"] <= 100
     assert summary["top1"] == eval_lines[-1]["top1"]
-    # counted over exactly the 64 synthetic validation images: a whole number of them, no other denominator
-    assert abs(summary["top1"] * 64 / 100 - round(summary["top1"] * 64 / 100)) < 1e-6
+    # counted over exactly the n_val validation images (64 synthetic ones, or Fashion-MNIST's 10,000 test
+    # images): a whole number of them, no other denominator
+    correct = summary["top1"] * n_val / 100
+    assert abs(correct - round(correct)) < 1e-6, (summary["top1"], n_val)
 
 
 @pytest.mark.parametrize("masksub", ["off", "mask"])
@@ -112,7 +114,7 @@ def test_cli_demo_sweep_writes_both_runs_and_prints_both_accuracies(tmp_path: Pa
     assert set(runs) == {"data.train_limit=2048,masksub=off,train.max_steps=3",
                          "data.train_limit=2048,masksub=mask,train.max_steps=3"}, runs
     for name, run in runs.items():
-        assert_run_folder(run, masksub="masksub=mask" in name)
+        assert_run_folder(run, masksub="masksub=mask" in name, n_val=10_000)
     table = proc.stdout[proc.stdout.index("results in"):]
     for name, run in runs.items():
         top1 = json.loads((run / "summary.json").read_text())["top1"]
