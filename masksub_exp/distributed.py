@@ -114,6 +114,14 @@ def collective_failed(what: str, exc: BaseException) -> DistributedTimeout:
                               f"another rank died, hangs or is unreachable ({_first_sentence(exc)})")
 
 
+def is_collective_error(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that lost a peer: torch's DistError family (NCCL, the store) or gloo's
+    transport errors, which torch raises as plain RuntimeErrors naming gloo."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    return isinstance(exc, getattr(dist, "DistError", ())) or "gloo" in str(exc) or "NCCL" in str(exc)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from .build import batch_plan, build_parts
 from .checkpoints import StorageError, TrainState
 from .config import ConfigError, Settings, register_configs, to_settings
 from .data.imagefolder import BadImageError
-from .distributed import DistInfo, DistributedTimeout, init_distributed
+from .distributed import DistInfo, DistributedTimeout, collective_failed, init_distributed, is_collective_error
 from .engine import fit
 from .meters import NonFiniteLoss
 from .preemption import StopSignal, in_submitit_job
@@ -73,6 +74,11 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
         kept = (f"the last good checkpoint (step {parts.last_saved_step}) is kept in {run_dir / 'checkpoints'}"
                 if parts.last_saved_step is not None else "no checkpoint was written before it")
         raise NonFiniteLoss(f"{exc}; {kept}") from None
+    except RuntimeError as exc:  # a peer lost mid-collective (a rank or a whole node died): one line, not gloo's wall
+        if is_collective_error(exc):
+            raise collective_failed("a collective of the training loop (gradients, metrics or checkpoint)",
+                                    exc) from None
+        raise
     finally:
         parts.sinks.close(exit_code)  # W&B's finish() too, exceptions included
         if not stop.signum:  # a stopped run hands the handlers over to submitit's after the lock is gone
@@ -143,9 +149,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
     except EXPECTED_ERRORS as exc:  # bad input or a failed run: one clear message, no traceback
-        if in_submitit_job():
-            raise  # submitit pickles it and the launcher reports it with the job
         label, code = next((label, code) for kind, label, code in ERROR_CODES if isinstance(exc, kind))
+        if in_submitit_job():
+            # the run folder's train.log keeps why this attempt ended (a requeue starts the task's log afresh);
+            # submitit pickles the exception and the launcher reports it with the job
+            logging.getLogger(__name__).error(f"{label}: {exc}")
+            raise
         print(f"{label}: {exc}", file=sys.stderr, flush=True)
         sys.exit(code)
     if summary_stopped(summary):  # SIGTERM / SIGINT outside SLURM: saved, now leave

@@ -321,3 +321,46 @@ def test_rendezvous_that_cannot_complete_fails_within_the_timeout_naming_address
     line = proc.stderr.strip().splitlines()[-1]
     assert f"127.0.0.1:{port}" in line and "train.dist_timeout_min=0.1" in line
     assert elapsed < 60, f"the failed rendezvous took {elapsed:.0f} s"
+
+
+# --- a peer that dies mid-training: the survivor ends with one line, not gloo's RuntimeError ------------------
+
+def _dying_peer_worker(rank: int, world: int, port: int, out: str) -> None:
+    import masksub_exp.engine as engine
+
+    torchrun_env(rank, world, port)
+    if rank == 1:  # a real crash of the process after 3 steps (a killed task, a lost node)
+        calls = iter(range(1000))
+        real_step = engine.train_step
+
+        def step_then_die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if next(calls) == 3:
+                os._exit(9)
+            return real_step(*args, **kwargs)
+        engine.train_step = step_then_die
+    start = time.monotonic()
+    try:
+        train(compose_cfg(smoke_overrides(**dict(RUN, train__max_steps=50, train__dist_timeout_min=0.5)),
+                          Path(out) / "run"))
+        result = {"error": "", "message": ""}
+    except Exception as exc:  # noqa: BLE001  (what the survivor raised is the point)
+        result = {"error": type(exc).__name__, "message": str(exc)}
+    result["seconds"] = time.monotonic() - start
+    (Path(out) / "rank0.json").write_text(json.dumps(result))
+    os._exit(0)  # the group is broken: leave without a teardown handshake
+
+
+@pytest.mark.slow  # 2 spawned processes: ~10 s idle, ~25 s on a loaded 2-core machine
+def test_a_peer_dying_mid_training_ends_the_survivor_with_one_line(tmp_path: Path) -> None:
+    # not mp.spawn: it would terminate the survivor as soon as the crashed rank is seen
+    ctx, port = mp.get_context("spawn"), free_port()
+    procs = [ctx.Process(target=_dying_peer_worker, args=(rank, 2, port, str(tmp_path))) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=180)
+    assert [proc.exitcode for proc in procs] == [0, 9]
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    assert result["error"] == "DistributedTimeout", result
+    assert result["message"].startswith("rank 0: a collective of the training loop") and "\n" not in result["message"]
+    assert "another rank died" in result["message"] and result["seconds"] < 60

@@ -91,16 +91,25 @@ def test_two_node_job_is_preempted_requeued_and_resumes_exactly(multinode_slurm_
     assert_resumed_exactly(stopped, twin, preempted, reference, 5)
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie has ended: its parent simply has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def rank_processes(node: str) -> list[int]:
     """The training processes (submitit tasks) running inside a node's network namespace."""
     pids = subprocess.run(["ip", "netns", "pids", f"msn-{node}"], capture_output=True, text=True).stdout.split()
     found = []
     for pid in pids:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if "submitit" in cmdline and "python" in cmdline:
+        # the task itself (python -m submitit.core._submit), not the srun that started it (whose args name both)
+        if Path(argv[0]).name.startswith("python") and "submitit.core._submit" in argv:
             found.append(int(pid))
     return found
 
@@ -138,3 +147,62 @@ def test_lost_node_fails_the_job_clearly_within_the_timeout_and_a_rerun_resumes(
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from_step"] == lost_step
+
+
+def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_returns(multinode_slurm_env: dict,
+                                                                                     tmp_path: Path) -> None:
+    """A node crash: every process of node2 (its slurmd, the job step, the rank) killed at once. Rank 0 on node1
+    ends within train.dist_timeout_min, with one line in its log, instead of hanging; SLURM declares node2 DOWN
+    after SlurmdTimeout (20 s on this cluster), ends the job as NODE_FAIL and requeues it; once the node is back
+    the requeued job runs on both nodes again and resumes from the last checkpoint."""
+    env = multinode_slurm_env
+    args = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_size=8192", "train.batch_size=8",
+            "train.epochs=1", "train.log_every=1", "train.ckpt_every=4", "train.dist_timeout_min=0.5",
+            f"hydra.sweep.dir={tmp_path}"]
+    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, 'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
+           f"hydra.launcher.name=crash{uuid.uuid4().hex[:6]}", *args]
+    up = [str(ROOT / "launchers" / "slurm-local"), "up", "--nodes", "2"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = wait_until(lambda: next((p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                                      None), 120, "the run folder")
+        wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+        survivors = rank_processes("node1")
+        node2 = subprocess.run(["ip", "netns", "pids", "msn-node2"], capture_output=True, text=True).stdout.split()
+        assert survivors and len(node2) >= 3, (survivors, node2)  # slurmd, slurmstepd, the rank (at least)
+        subprocess.run(["kill", "-9", *node2], check=True)
+        lost_at = time.monotonic()
+        wait_until(lambda: not any(alive(pid) for pid in survivors), 90, "rank 0 to end")
+        rank0_ended = time.monotonic() - lost_at
+        job = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.name.isdigit())
+
+        def states() -> str:
+            return subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], env=env,
+                                  capture_output=True, text=True).stdout
+        wait_until(lambda: "NODE_FAIL" in states(), 120, "SLURM to declare the job's node failed")
+        noticed = time.monotonic() - lost_at
+        node_state = subprocess.run(["sinfo", "-h", "-n", "node2", "-o", "%T"], env=env, capture_output=True,
+                                    text=True).stdout.strip()
+        queued = wait_until(lambda: "PENDING" == subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip(),
+            60, "the job to be requeued (PENDING: its node is down)")
+        lost_step = checkpoints.load(run / "checkpoints" / "last.pt")["state"]["step"]
+        # the node comes back (on a real cluster SLURM would start the requeued job on another node)
+        subprocess.run(up, env=env, capture_output=True, text=True, timeout=300, check=True)
+        out, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+        subprocess.run(up, env=env, capture_output=True, timeout=300)  # never leave node2 down for other tests
+    assert rank0_ended < 30, f"rank 0 took {rank0_ended:.0f} s (train.dist_timeout_min: 30 s) to end after the crash"
+    print(f"rank 0 ended {rank0_ended:.1f} s after the crash; NODE_FAIL after {noticed:.1f} s; node2 {node_state}")
+    assert node_state.startswith("down") and queued, node_state
+    assert noticed < 90, f"SLURM took {noticed:.0f} s to declare node2 lost"
+    assert lost_step >= 4
+    assert launcher.returncode == 0, err[-3000:]
+    # why the first attempt ended, in one line of the run's log (the task logs start afresh at the requeue)
+    reason = [line for line in (run / "train.log").read_text().splitlines() if "distributed: " in line]
+    assert len(reason) == 1, (run / "train.log").read_text()[-3000:]
+    assert "rank 0: " in reason[0] and "did not complete" in reason[0], reason
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] == lost_step
+    assert summary["restarts"] >= 1 and summary["world_size"] == 2

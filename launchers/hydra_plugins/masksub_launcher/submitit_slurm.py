@@ -28,6 +28,8 @@ from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from ._wait import wait_for
+
 log = logging.getLogger(__name__)
 
 
@@ -123,7 +125,7 @@ class MaskSubSlurmLauncher(SlurmLauncher):
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
         jobs = self.submit(executor, job_overrides, initial_job_idx)
         if self.wait:
-            return [job.results()[0] for job in jobs]
+            return wait_for(jobs)  # through SLURM's requeue of a job that lost a node
         for job, overrides in zip(jobs, job_overrides, strict=True):
             print(f"submitted {job.job_id}: {' '.join(filter_overrides(overrides))}", flush=True)
         print(f"sweep folder: {sweep_dir}; not waiting (hydra.launcher.wait=false)", flush=True)
