@@ -114,19 +114,34 @@ def rank_processes(node: str) -> list[int]:
     return found
 
 
+def node_loss_sweep(tmp_path: Path, name: str, train_size: int) -> list[str]:
+    """A two-node sweep of one job to hit mid-run: a checkpoint every 4 steps, collectives bounded by 30 s."""
+    args = ["experiment=smoke", "masksub.ratio=0.0", f"data.synthetic_train_size={train_size}", "train.batch_size=8",
+            "train.epochs=1", "train.log_every=1", "train.ckpt_every=4", "train.dist_timeout_min=0.5",
+            f"hydra.sweep.dir={tmp_path}"]
+    return [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, 'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
+            f"hydra.launcher.name={name}{uuid.uuid4().hex[:6]}", *args]
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_six_steps(sweep_dir: Path) -> Path:
+    """The job's run folder, once it has logged 6 steps (a checkpoint at step 4 is on disk)."""
+    run = wait_until(lambda: next((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                                  None), 120, "the run folder")
+    wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+    return run
+
+
 def test_lost_node_fails_the_job_clearly_within_the_timeout_and_a_rerun_resumes(multinode_slurm_env: dict,
                                                                                tmp_path: Path) -> None:
     env = multinode_slurm_env
-    args = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_size=2048", "train.batch_size=8",
-            "train.epochs=1", "train.log_every=1", "train.ckpt_every=4", "train.dist_timeout_min=0.5",
-            f"hydra.sweep.dir={tmp_path}"]
-    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, 'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
-           f"hydra.launcher.name=lost{uuid.uuid4().hex[:6]}", *args]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = node_loss_sweep(tmp_path, "lost", train_size=2048)
+    launcher = start(cmd, env)
     try:
-        run = wait_until(lambda: next((p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                                      None), 120, "the run folder")
-        wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+        run = wait_for_six_steps(tmp_path)
         victims = rank_processes("node2")
         assert victims, "no training process found on node2"
         lost_at = time.monotonic()
@@ -156,17 +171,11 @@ def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_re
     after SlurmdTimeout (20 s on this cluster), ends the job as NODE_FAIL and requeues it; once the node is back
     the requeued job runs on both nodes again and resumes from the last checkpoint."""
     env = multinode_slurm_env
-    args = ["experiment=smoke", "masksub.ratio=0.0", "data.synthetic_train_size=8192", "train.batch_size=8",
-            "train.epochs=1", "train.log_every=1", "train.ckpt_every=4", "train.dist_timeout_min=0.5",
-            f"hydra.sweep.dir={tmp_path}"]
-    cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, 'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
-           f"hydra.launcher.name=crash{uuid.uuid4().hex[:6]}", *args]
+    cmd = node_loss_sweep(tmp_path, "crash", train_size=8192)
     up = [str(ROOT / "launchers" / "slurm-local"), "up", "--nodes", "2"]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = start(cmd, env)
     try:
-        run = wait_until(lambda: next((p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                                      None), 120, "the run folder")
-        wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+        run = wait_for_six_steps(tmp_path)
         survivors = rank_processes("node1")
         node2 = subprocess.run(["ip", "netns", "pids", "msn-node2"], capture_output=True, text=True).stdout.split()
         assert survivors and len(node2) >= 3, (survivors, node2)  # slurmd, slurmstepd, the rank (at least)
