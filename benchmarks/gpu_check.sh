@@ -13,7 +13,7 @@ sections=${*:-smoke eager compiled blocks}
 } 2>&1 | tee "$OUT/env.txt"
 
 table() {  # JSON records -> the benchmark's table
-  python3 -c "import json,sys; from masksub_exp.bench import Record, format_table; \
+  python3 -c "import json,sys; from masksub_exp.bench.step import Record, format_table; \
 print(format_table([Record(**r) for r in json.load(open(sys.argv[1]))]))" "$1" | tee "${1%.json}.txt"
 }
 bench() {  # name timeout args...

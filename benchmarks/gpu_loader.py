@@ -2,7 +2,7 @@
 loop (`train()`: loader, logging, final eval, checkpoints), with the input from
   full      today's torch loader, every JPEG decoded in full, 8 workers
   draft     the same with data.jpeg_draft=true, 8 workers
-  prepared  a `masksub_exp.prepare --short-side 288` copy, 8 workers
+  prepared  a `masksub_exp.tools.prepare --short-side 288` copy, 8 workers
   dali      data.backend=dali (GPU decoding), 4 CPU threads; skipped when DALI is not importable
 and the same models on one resident synthetic batch (`masksub_exp.bench`) as the reference. Run by
 benchmarks/gpu_loader.sh; `--dry-run` does all of it on the CPU at toy sizes (the test suite runs that).
@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from masksub_exp import bench  # noqa: E402
-from masksub_exp.bench_loader import bench_train, dali_available, natural_image  # noqa: E402
-from masksub_exp.prepare import prepare  # noqa: E402
+from masksub_exp.bench import step as bench  # noqa: E402
+from masksub_exp.bench.loader import bench_train, dali_available, natural_image  # noqa: E402
+from masksub_exp.tools.prepare import prepare  # noqa: E402
 
 PRESETS = {"vit_s16": "deit3/vit_s_400ep", "vit_b16": "deit3/vit_b_400ep"}
 RESULTS_MD = {("vit_s16", "baseline"): 5563, ("vit_s16", "masksub"): 3581,  # H200, eager, bf16, 224 px

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from masksub_exp import bench
+from masksub_exp.bench import step as bench
 from masksub_exp.train import train
 
 from .conftest import compose_cfg, smoke_overrides

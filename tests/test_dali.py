@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from masksub_exp.bench_loader import data_config, make_jpeg_folder, recipe_aug
+from masksub_exp.bench.loader import data_config, make_jpeg_folder, recipe_aug
 from masksub_exp.config import AugConfig, ConfigError, DataConfig
 from masksub_exp.data import build_loaders
 from masksub_exp.data.dali import files_and_labels, rand_augment_args

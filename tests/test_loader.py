@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from masksub_exp import bench
-from masksub_exp.bench_loader import data_config, make_jpeg_folder, natural_image
+from masksub_exp.bench import step as bench
+from masksub_exp.bench.loader import data_config, make_jpeg_folder, natural_image
 from masksub_exp.config import AugConfig
 from masksub_exp.data import build_datasets
 from masksub_exp.data.imagefolder import BadImageError

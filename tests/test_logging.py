@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from masksub_exp import checkpoints
-from masksub_exp.report import report
+from masksub_exp.tools.report import report
 from masksub_exp.sinks.console import ConsoleSink
 from masksub_exp.train import train
 
@@ -178,7 +178,7 @@ class StubApi:
 
 
 def test_report_from_the_wandb_api(tmp_path: Path) -> None:
-    from masksub_exp.report import runs_from_wandb
+    from masksub_exp.tools.report import runs_from_wandb
 
     api = StubApi([StubRemoteRun("a", "off", 0, 80.0), StubRemoteRun("b", "off", 1, 81.0),
                    StubRemoteRun("c", "mask", 0, 82.0), StubRemoteRun("d", "mask", 1, 82.5)])

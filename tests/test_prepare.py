@@ -1,4 +1,4 @@
-"""`python -m masksub_exp.prepare`: a resized, re-runnable copy of an ImageFolder with a manifest."""
+"""`python -m masksub_exp.tools.prepare`: a resized, re-runnable copy of an ImageFolder with a manifest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from masksub_exp.bench_loader import make_jpeg_folder
-from masksub_exp.prepare import main, prepare
+from masksub_exp.bench.loader import make_jpeg_folder
+from masksub_exp.tools.prepare import main, prepare
 
 
 def test_prepare_resizes_copies_and_reruns(tmp_path: Path) -> None:

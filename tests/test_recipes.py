@@ -192,11 +192,11 @@ def test_two_stage_pretrain_then_finetune_from_real_weights(tmp_path: Path) -> N
 
 
 def test_readme_recipe_table_is_the_generated_one() -> None:  # the README's table is never typed by hand
-    from masksub_exp import recipe_table
+    from masksub_exp.tools import recipe_table
 
     generated = recipe_table.table()
     readme = recipe_table.README.read_text()
-    assert recipe_table.readme_with_table(readme, generated) == readme, "python -m masksub_exp.recipe_table --write"
+    assert recipe_table.readme_with_table(readme, generated) == readme, "python -m masksub_exp.tools.recipe_table --write"
     assert generated.count("`experiment=") == len(presets())
     row = "| `experiment=deit3/vit_b_400ep` | deit3_base_patch16_224 | 400 | 2048 | 8x256 | 83.5 -> 84.1 |"
     assert row in generated

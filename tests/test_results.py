@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from masksub_exp.results import Sweep, plan, run_sweeps
-from masksub_exp.results_page import Budget, verdict
-from masksub_exp.results_plots import compare_curves
+from masksub_exp.results.command import Sweep, plan, run_sweeps
+from masksub_exp.results.page import Budget, verdict
+from masksub_exp.results.plots import compare_curves
 
 from .conftest import PYTHON, ROOT
 
@@ -114,7 +114,7 @@ def test_loss_comparison_reads_the_checkpoints_and_the_crossing(tmp_path: Path) 
 # ---- without SLURM: the local runner, its deadline, and the page's GPU part ----
 
 def test_local_plan_runs_the_main_comparison_first_and_every_seed() -> None:
-    from masksub_exp.results import planned_runs
+    from masksub_exp.results.command import planned_runs
 
     runs = planned_runs(plan(), Budget(seeds=2))
     names = [f"{r.key}/{r.name}" for r in runs]
@@ -131,8 +131,8 @@ def test_local_plan_runs_the_main_comparison_first_and_every_seed() -> None:
 
 def test_local_runner_trains_writes_the_plan_and_reports_runs_cut_by_the_deadline(tmp_path: Path, cli_env: dict,
                                                                                     monkeypatch) -> None:
-    from masksub_exp.results_doc import write_page
-    from masksub_exp.results_runs import expand, run_locally
+    from masksub_exp.results.doc import write_page
+    from masksub_exp.results.runs import expand, run_locally
 
     for key, value in cli_env.items():
         monkeypatch.setenv(key, value)
@@ -163,8 +163,8 @@ def test_local_runner_trains_writes_the_plan_and_reports_runs_cut_by_the_deadlin
 
 def test_budget_json_keeps_every_call_that_ran_under_the_budget(tmp_path: Path) -> None:
     """A second call for more sweeps (ratio, variants) is a new part: the first call's record stays."""
-    from masksub_exp.results import budget_record
-    from masksub_exp.results_doc import Part, budget_lines
+    from masksub_exp.results.command import budget_record
+    from masksub_exp.results.doc import Part, budget_lines
 
     budget = Budget(seeds=3, epochs=4, launcher="local")
     first = budget_record(tmp_path, budget, ["fmnist_vit"], "cmd one", 0.0)
@@ -185,7 +185,7 @@ def test_page_gets_a_gpu_part_from_committed_runs(tmp_path: Path) -> None:
     """The GPU part reads its budget and machine from its own budget.json, not from the CPU command's flags."""
     import shutil
 
-    from masksub_exp.results_doc import write_page
+    from masksub_exp.results.doc import write_page
 
     source = next(ROOT.glob("docs/results_gpu/budget.json"), None)
     src_root = source.parent if source else None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from masksub_exp.report import report
+from masksub_exp.tools.report import report
 
 from .conftest import PYTHON, ROOT
 from .test_slurm import wait_until

@@ -9,7 +9,7 @@
 
 Trials run `n_jobs` at a time through whichever launcher is chosen (`hydra/launcher=slurm_cpu`, ...).
 After every batch `<sweep dir>/searches/<study>.json` lists the trials (number, state, parameters,
-held-out top-1, run folder), which `python -m masksub_exp.report` reads. optuna is imported only
+held-out top-1, run folder), which `python -m masksub_exp.tools.report` reads. optuna is imported only
 when a search runs.
 """
 

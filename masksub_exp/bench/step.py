@@ -2,7 +2,7 @@
 
     python -m masksub_exp.bench [--device cuda] [--models vit_s16,vit_b16,swin_t,resnet50]
                                 [--batch-size N] [--compile] [--json]
-    python -m masksub_exp.bench --loader ...     # the input pipeline per recipe (masksub_exp/bench_loader.py)
+    python -m masksub_exp.bench --loader ...     # the input pipeline per recipe (masksub_exp/bench/loader.py)
     python -m masksub_exp.bench --train experiment=... [key=value ...]   # a preset end to end through train()
 
 Four modes per model, measured side by side in one process on one resident synthetic batch:
@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .build import build_parts, channels_last, prepare_model
-from .checkpoints import TrainState
-from .config import DataConfig, MaskSubConfig, ModelConfig, OptimizerConfig, RecipeConfig, Settings, TrainConfig
-from .distributed import DistInfo, pick_device
-from .engine import LossMeter, run_batch
-from .models import MaskSubModel
-from .optim import build_optimizer
+from ..build import build_parts, channels_last, prepare_model
+from ..checkpoints import TrainState
+from ..config import DataConfig, MaskSubConfig, ModelConfig, OptimizerConfig, RecipeConfig, Settings, TrainConfig
+from ..distributed import DistInfo, pick_device
+from ..engine import LossMeter, run_batch
+from ..models import MaskSubModel
+from ..optim import build_optimizer
 
 MODELS = {
     "vit_s16": "vit_small_patch16_224",
@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--loader" in argv or "--train" in argv:  # the input pipeline, or a preset through train()
-        from .bench_loader import main as loader_main
+        from .loader import main as loader_main
 
         return loader_main(argv)
     args = parse_args(argv)

@@ -1,7 +1,7 @@
 """The README's recipe table, generated from the presets in conf/experiment (never typed by hand).
 
-    python -m masksub_exp.recipe_table            # print the table
-    python -m masksub_exp.recipe_table --write    # replace the table between the README's markers
+    python -m masksub_exp.tools.recipe_table            # print the table
+    python -m masksub_exp.tools.recipe_table --write    # replace the table between the README's markers
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- recipe-table:begin -->", "<!-- recipe-table:end -->"

@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import Run, mean_std
-from .results_plots import MAIN_MASK, loss_curves, ratio_curve
+from ..tools.report import Run, mean_std
+from .plots import MAIN_MASK, loss_curves, ratio_curve
 
 MODELS = {"fmnist_vit": "ViT", "fmnist_vit_tokens": "ViT, 49 tokens", "fmnist_swin": "Swin",
           "fmnist_resnet": "ResNet", "vit_small_data": "ViT, little data", "bert_minilm": "MiniLM (BERT)"}

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import Run, pyplot
+from ..tools.report import Run, pyplot
 
 MAIN_MASK = "mask r=0.5"
 

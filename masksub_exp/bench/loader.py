@@ -7,7 +7,7 @@
 grain, quality 92; nothing is downloaded) and measures, per recipe's training pipeline: decode + transforms
 on one core (one process, one thread), then the run's real train loader (`build_loaders`: sampler, workers,
 collate) with N workers. Variants: `full` (every file decoded in full: today's default), `draft`
-(data.jpeg_draft=true), `prepared` (a `masksub_exp.prepare --short-side 288` copy), `dali` (DALI's CPU
+(data.jpeg_draft=true), `prepared` (a `masksub_exp.tools.prepare --short-side 288` copy), `dali` (DALI's CPU
 operators, N threads; on a GPU it decodes there instead). From the per-core rate it prints the CPU cores one
 GPU needs to feed each model at the GPU rates measured in benchmarks/RESULTS.md.
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import AugConfig, DataConfig, RecipeConfig
+from ..config import AugConfig, DataConfig, RecipeConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 # recipe variant -> (conf/recipe file, image size, [(model row in benchmarks/RESULTS.md, H200 bf16 img/s)])
 RECIPES: dict[str, tuple[str, int, list[tuple[str, float]]]] = {
     "deit3_224": ("deit3", 224, [("ViT-S/16 MaskSub", 3581), ("ViT-S/16 baseline", 5563),
@@ -90,7 +90,7 @@ def data_config(root: Path, size: int, workers: int, **kw: Any) -> DataConfig:
 def one_core_rate(data: DataConfig, aug: AugConfig, images: int) -> float:
     """Images per CPU-second of decode + the recipe's train transforms, in this thread with one torch thread
     (CPU time, not wall time: other load on the machine does not distort it)."""
-    from .data import build_datasets
+    from ..data import build_datasets
 
     train, _ = build_datasets(data, aug, seed=0)
     threads = torch.get_num_threads()
@@ -115,7 +115,7 @@ def _cpu_seconds() -> float:
 def loader_rate(data: DataConfig, aug: AugConfig, batch_size: int, epochs: int = 2) -> tuple[float, float]:
     """Through the run's own train loader (sampler, workers or DALI threads, collate): wall img/s after the first
     batch, and images per CPU-second over everything the loader used (workers' time counted once they exit)."""
-    from .data import build_loaders
+    from ..data import build_loaders
 
     cpu_start = _cpu_seconds()
     loaders = build_loaders(data, aug, batch_size=batch_size, seed=0)
@@ -145,7 +145,7 @@ def decode_rate(root: Path, images: int) -> float:
 
 
 def prepared_copy(src: Path, dst: Path, short_side: int = 288) -> Path:
-    from .prepare import prepare
+    from ..tools.prepare import prepare
 
     prepare(src, dst, short_side=short_side, workers=1)
     return dst
@@ -222,7 +222,7 @@ def bench_train(overrides: list[str], images: int, out: Path | None) -> dict[str
     """A preset through the real loop; img/s and data_wait_frac from its metrics (first log window dropped)."""
     from hydra import compose, initialize_config_dir
 
-    from .train import train
+    from ..train import train
 
     work = Path(tempfile.mkdtemp(prefix="masksub-bench-train-"))
     run_dir = out or work / "run"

@@ -1,7 +1,7 @@
 """Turn sweeps into the paper's table and plots, from the run folders alone.
 
-    python -m masksub_exp.report outputs/demo/sweeps [more folders ...] [--out DIR]
-    python -m masksub_exp.report --wandb ENTITY/PROJECT [--group SWEEP] [--out DIR]     (online)
+    python -m masksub_exp.tools.report outputs/demo/sweeps [more folders ...] [--out DIR]
+    python -m masksub_exp.tools.report --wandb ENTITY/PROJECT [--group SWEEP] [--out DIR]     (online)
 
 Every folder below the given ones that holds a `summary.json` is a run. Runs are grouped by model,
 recipe and data; in each group the baseline (`masksub=off`) is compared with every MaskSub setting

@@ -1,6 +1,6 @@
 """Write a resized copy of an ImageFolder, so training decodes small files.
 
-    python -m masksub_exp.prepare SRC DST [--short-side 288] [--quality 90] [--workers N]
+    python -m masksub_exp.tools.prepare SRC DST [--short-side 288] [--quality 90] [--workers N]
 
 Every image under SRC (`train/<class>/*`, `val/<class>/*`, any other split folder alike) whose shorter side is
 longer than --short-side is resized (aspect kept, PIL's Lanczos filter, from a draft decode at >= 2x the target

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .report import Run, find_runs
-from .results_page import (
+from ..tools.report import Run, find_runs
+from .page import (
     MAIN_KEYS,
     Budget,
     section_bert,

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results_doc import write_page
-from .results_page import MAIN_KEYS, Budget
-from .results_runs import PlannedRun, expand, interleave, run_locally
+from .doc import write_page
+from .page import MAIN_KEYS, Budget
+from .runs import PlannedRun, expand, interleave, run_locally
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

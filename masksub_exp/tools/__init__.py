@@ -1,0 +1,1 @@
+"""Small commands around the engine: report (tables and curves from run folders), recipe_table, prepare."""
