@@ -18,6 +18,7 @@ The page gets a GPU part when `--gpu-runs` (default docs/results_gpu) holds runs
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -27,8 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import plan as plan_module
 from .doc import write_page
 from .page import MAIN_KEYS, Budget
+from .plan import Plan, PlanError
 from .runs import PlannedRun, expand, interleave, run_locally
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,16 +48,17 @@ class Sweep:
 
 
 def plan() -> list[Sweep]:
-    """The page's sweeps, in the order they run. The ratio and variant sections reuse the ViT's runs."""
+    """The page's sweeps, in the order they run. The ratio and variant sections reuse the ViT's runs. The slower
+    arm (MaskSub) is written first: a pair's two runs start together, the longer one first."""
     return [
-        Sweep("fmnist_vit", "results/vit", {"masksub": "off,mask"}),
-        Sweep("fmnist_vit_tokens", "results/vit_tokens", {"masksub": "off,mask"}),
-        Sweep("fmnist_swin", "results/swin", {"masksub": "off,mask"}),
-        Sweep("fmnist_resnet", "results/resnet", {"masksub": "off,mask"}),
+        Sweep("fmnist_vit", "results/vit", {"masksub": "mask,off"}),
+        Sweep("fmnist_vit_tokens", "results/vit_tokens", {"masksub": "mask,off"}),
+        Sweep("fmnist_swin", "results/swin", {"masksub": "mask,off"}),
+        Sweep("fmnist_resnet", "results/resnet", {"masksub": "mask,off"}),
         Sweep("vit_ratio", "results/vit", {"masksub": "mask", "masksub.ratio": "0,0.25,0.75"}),
         Sweep("vit_variants", "results/vit", {"masksub": "droppath,dropout"}),
-        Sweep("vit_small_data", "results/vit", {"masksub": "off,mask"}, regime="small"),
-        Sweep("bert_minilm", "results/bert", {"masksub": "off,mask"}, regime="text"),
+        Sweep("vit_small_data", "results/vit", {"masksub": "mask,off"}, regime="small"),
+        Sweep("bert_minilm", "results/bert", {"masksub": "mask,off"}, regime="text"),
     ]
 
 
@@ -97,10 +101,11 @@ def node_cpus() -> int:
 
 
 def sweep_command(sweep: Sweep, budget: Budget, sweep_dir: Path, cpus_per_task: int) -> list[str]:
-    seeds = ",".join(str(s) for s in range(budget.seeds))
+    seeds = ",".join(str(s) for s in budget.seed_values())
+    # seed first: Hydra's sweeper varies the first override slowest, so a pair's arms are adjacent jobs
     return [
-        sys.executable, "-m", "masksub_exp.train", "-m", f"experiment={sweep.experiment}",
-        *(f"{k}={v}" for k, v in sweep.params.items()), f"seed={seeds}", *budget_overrides(sweep, budget),
+        sys.executable, "-m", "masksub_exp.train", "-m", f"experiment={sweep.experiment}", f"seed={seeds}",
+        *(f"{k}={v}" for k, v in sweep.params.items()), *budget_overrides(sweep, budget),
         "train.progress=false", f"hydra.sweep.dir={sweep_dir}",
         "hydra/launcher=slurm_cpu",
         f"hydra.launcher.cpus_per_task={cpus_per_task}", f"hydra.launcher.timeout_min={budget.timeout_min}",
@@ -136,14 +141,16 @@ def run_sweeps(sweeps: list[Sweep], budget: Budget, root: Path) -> None:
 def planned_runs(sweeps: list[Sweep], budget: Budget) -> list[PlannedRun]:
     """The main comparison's runs first (every seed), then the ratio, variant, little-data and text sweeps."""
     def runs(subset: list[Sweep]) -> list[PlannedRun]:
-        return interleave([expand(s.key, s.experiment, s.params, budget.seeds, budget_overrides(s, budget))
+        return interleave([expand(s.key, s.experiment, s.params, budget.seed_values(), budget_overrides(s, budget))
                            for s in subset])
     return runs([s for s in sweeps if s.key in MAIN_KEYS]) + runs([s for s in sweeps if s.key not in MAIN_KEYS])
 
 
-def run_local(sweeps: list[Sweep], budget: Budget, root: Path, device: str, deadline_min: float | None) -> None:
+def run_local(sweeps: list[Sweep], budget: Budget, root: Path, device: str, deadline_min: float | None,
+              plan: Plan | None = None) -> None:
+    admit = None if plan is None else functools.partial(plan_module.stamp, plan=plan)
     outcome = run_locally(planned_runs(sweeps, budget), root, budget.parallel, budget.threads, device,
-                          None if deadline_min is None else deadline_min * 60)
+                          None if deadline_min is None else deadline_min * 60, admit=admit)
     failed = {k: v for k, v in outcome.items() if v.startswith("exit")}
     late = [k for k, v in outcome.items() if v != "done" and k not in failed]
     if late:
@@ -156,6 +163,8 @@ def run_local(sweeps: list[Sweep], budget: Budget, root: Path, device: str, dead
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", type=Path, help="a committed plan (docs/plans/*.yaml): its sweeps, seeds, budget, "
+                        "deadline and claims replace the budget options; runs go to RUNS/<plan name>/")
     parser.add_argument("--tiny", action="store_true", help="1 seed, 1 epoch of 3 steps per run: a pipeline "
                         "check, no evidence")
     parser.add_argument("--seeds", type=int, help="seeds per setting (default 3; --tiny: 1)")
@@ -217,15 +226,44 @@ def budget_record(root: Path, budget: Budget, sweeps: list[str], command: str, s
             "started": parts[0].get("started", when)}
 
 
+def budget_from(plan: Plan) -> Budget:
+    return Budget(seeds=len(plan.seeds), seed_list=list(plan.seeds), epochs=plan.epochs,
+                  train_limit=plan.train_limit or None, parallel=plan.parallel, threads=plan.threads,
+                  launcher=plan.launcher, device=plan.device, extra=plan.extra)
+
+
+def registered_plan(path: Path, root: Path) -> Plan:
+    """The committed plan; refused when it changed after runs under an earlier commit of it started."""
+    registered = plan_module.load(path, [s.key for s in plan()])
+    record = root / "budget.json"
+    earlier = json.loads(record.read_text()).get("plan", {}).get("commit") if record.exists() else None
+    if earlier and earlier != registered.commit:
+        raise PlanError(f"plan {path} changed (now {registered.commit[:8]}) after runs under {earlier[:8]} started: "
+                        "a changed plan is a new plan: give it a new name")
+    return registered
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    budget = Budget(seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit or None,
-                    small_epochs=args.small_epochs, small_train_limit=args.small_train_limit,
-                    text_epochs=args.text_epochs, text_train_limit=args.text_train_limit or None,
-                    max_steps=args.max_steps, log_every=1 if args.tiny else None, parallel=args.parallel,
-                    threads=args.threads, timeout_min=args.timeout_min, launcher=args.launcher, device=args.device,
-                    extra=args.extra)
-    root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
+    registered = None
+    if args.plan is not None:
+        try:
+            name = plan_module.parse(args.plan, [s.key for s in plan()]).name
+            registered = registered_plan(args.plan, args.runs / name)
+        except PlanError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        budget = budget_from(registered)
+        args.only, args.launcher, args.deadline_min = registered.sweeps, registered.launcher, registered.deadline_min
+        root = args.runs / registered.name  # one folder per plan: a page never mixes plans
+    else:
+        budget = Budget(seeds=args.seeds, epochs=args.epochs, train_limit=args.train_limit or None,
+                        small_epochs=args.small_epochs, small_train_limit=args.small_train_limit,
+                        text_epochs=args.text_epochs, text_train_limit=args.text_train_limit or None,
+                        max_steps=args.max_steps, log_every=1 if args.tiny else None, parallel=args.parallel,
+                        threads=args.threads, timeout_min=args.timeout_min, launcher=args.launcher,
+                        device=args.device, extra=args.extra)
+        root = args.runs / budget.tag()  # one folder per budget: pages never mix budgets
     out = args.out or (root if args.tiny else REPO / "docs")
     started = time.time()
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
@@ -234,10 +272,17 @@ def main(argv: list[str] | None = None) -> None:
         sweeps = [s for s in plan() if s.key in args.only]
         root.mkdir(parents=True, exist_ok=True)
         record = budget_record(root, budget, [s.key for s in sweeps], command, started)
+        if registered is not None:
+            record["plan"] = {"name": registered.name, "path": str(registered.path), "commit": registered.commit,
+                              "committed_at": registered.committed_at}
         (root / "budget.json").write_text(json.dumps(record, indent=1))  # fixed before any run starts
         if args.launcher == "local":
-            run_local(sweeps, budget, root, args.device, args.deadline_min)
+            run_local(sweeps, budget, root, args.device if registered is None else budget.device, args.deadline_min,
+                      registered)
         else:
+            if registered is not None:
+                for run in planned_runs(sweeps, budget):
+                    plan_module.stamp(root / run.key / run.name, registered)
             run_sweeps(sweeps, budget, root)
         record["finished"] = record["parts"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         (root / "budget.json").write_text(json.dumps(record, indent=1))

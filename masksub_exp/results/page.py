@@ -37,6 +37,10 @@ class Budget:
     launcher: str = "slurm"  # slurm | local (how the jobs ran; not part of the tag: it changes no number)
     device: str = "cpu"
     extra: str = ""  # more overrides for every run, space-separated (e.g. data.batch_augment=true)
+    seed_list: list[int] | None = None  # a plan's seeds (fresh seeds for a confirmation set); None: 0..seeds-1
+
+    def seed_values(self) -> list[int]:
+        return list(range(self.seeds)) if self.seed_list is None else list(self.seed_list)
 
     def tag(self) -> str:
         """A folder name per budget (threads included: they change the wall-clock numbers)."""

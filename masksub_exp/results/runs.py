@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,22 +31,32 @@ class PlannedRun:
     overrides: tuple[str, ...]
 
 
-def expand(key: str, experiment: str, params: dict[str, str], seeds: int, common: Sequence[str]) -> list[PlannedRun]:
-    """One run per combination of the sweep's comma-separated values and the seeds (every setting's seed 0 first)."""
+def expand(key: str, experiment: str, params: dict[str, str], seeds: Sequence[int],
+           common: Sequence[str]) -> list[PlannedRun]:
+    """One run per combination of the sweep's comma-separated values and the seeds, seed by seed: with the slower
+    arm written first in `params`, the two arms of a pair are adjacent and the slower one starts first."""
     names = list(params)
     runs = []
-    for seed in range(seeds):
+    for seed in seeds:
         for values in itertools.product(*(params[n].split(",") for n in names)):
             chosen = [f"{n}={v}" for n, v in zip(names, values, strict=True)] + [f"seed={seed}"]
             runs.append(PlannedRun(key, ",".join(chosen), (f"experiment={experiment}", *chosen, *common)))
     return runs
 
 
+def seed_of(run: PlannedRun) -> str:
+    return next(o for o in run.name.split(",") if o.startswith("seed="))
+
+
 def interleave(groups: list[list[PlannedRun]]) -> list[PlannedRun]:
-    """Seed 0 of every setting of every sweep first, then seed 1, ...: a cut-off run loses seeds, not models."""
+    """The first seed of every setting of every sweep first, then the next, ...: a deadline cuts whole seeds
+    (pairs), not models; inside a sweep a seed's runs stay together in the sweep's order."""
+    by_seed = [[list(runs) for _, runs in itertools.groupby(g, key=seed_of)] for g in groups]
     ordered: list[PlannedRun] = []
-    for batch in itertools.zip_longest(*groups):
-        ordered.extend(r for r in batch if r is not None)
+    for batch in itertools.zip_longest(*by_seed):
+        for item in batch:
+            if item is not None:
+                ordered.extend(item)
     return ordered
 
 
@@ -62,15 +72,28 @@ def is_complete(folder: Path) -> bool:
     return path.exists() and json.loads(path.read_text()).get("status") == "complete"
 
 
+def record_attempt(root: Path, run: str, started: float, outcome: str) -> None:
+    """attempts.jsonl: when each run's process ran (wall clock), so the page can tell which arms ran side by side."""
+    with (root / "attempts.jsonl").open("a") as f:
+        f.write(json.dumps({"run": run, "start": started, "end": time.time(), "outcome": outcome}) + "\n")
+
+
 def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int, device: str,
-                deadline_s: float | None = None, grace_s: float = 60.0) -> dict[str, str]:
-    """Run `runs` as subprocesses; returns {key/name: outcome}. Logs go to <root>/<key>/<name>.log."""
+                deadline_s: float | None = None, grace_s: float = 60.0,
+                admit: Callable[[Path], bool] | None = None) -> dict[str, str]:
+    """Run `runs` as subprocesses; returns {key/name: outcome}. Logs go to <root>/<key>/<name>.log. `admit`
+    (a plan's stamp) may refuse a run folder, which is then left alone and reported."""
     root.mkdir(parents=True, exist_ok=True)
     write_plan(root, [f"{r.key}/{r.name}" for r in runs])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     outcome = {f"{r.key}/{r.name}": "done" for r in runs if is_complete(root / r.key / r.name)}
     pending, active = [r for r in runs if f"{r.key}/{r.name}" not in outcome], []
+    if admit is not None:
+        for run in [r for r in pending if not admit(root / r.key / r.name)]:
+            pending.remove(run)
+            outcome[f"{run.key}/{run.name}"] = "not counted (its folder predates the plan)"
+            print(f"[results] {run.key}/{run.name}: its folder was made before the plan: left alone", flush=True)
     if outcome:  # a finished run is kept as it is: its log and numbers stay those of the run that trained it
         print(f"[results] {len(outcome)} run(s) already finished: kept", flush=True)
     while pending or active:
@@ -82,16 +105,17 @@ def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int,
             cmd = [sys.executable, "-m", "masksub_exp.train", *run.overrides, f"train.device={device}",
                    "train.progress=false", f"hydra.run.dir='{folder}'"]
             log = (root / run.key / f"{run.name}.log").open("w")
-            active.append((run, log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            active.append((run, log, proc, time.time()))
         if late:
             for run in pending:
                 outcome[f"{run.key}/{run.name}"] = "not started (deadline)"
             pending.clear()
-            for _, _, proc in active:
+            for _, _, proc, _ in active:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)  # checkpoint and exit: a re-run resumes it
         for item in list(active):
-            run, log, proc = item
+            run, log, proc, began = item
             code = proc.poll()
             if code is None and late and time.monotonic() - started > deadline_s + grace_s:
                 proc.kill()
@@ -102,6 +126,7 @@ def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int,
                 stopped = late and code in (-15, 143)  # SIGTERM at the deadline: checkpointed, resumable
                 outcome[f"{run.key}/{run.name}"] = "done" if code == 0 else "stopped (deadline)" if stopped \
                     else f"exit {code}"
+                record_attempt(root, f"{run.key}/{run.name}", began, outcome[f"{run.key}/{run.name}"])
                 print(f"[results] {run.key}/{run.name}: {outcome[f'{run.key}/{run.name}']} "
                       f"({time.monotonic() - started:.0f} s)", flush=True)
         time.sleep(0.5)  # a poll interval, not a wait for anything in particular
