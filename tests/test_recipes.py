@@ -196,7 +196,8 @@ def test_readme_recipe_table_is_the_generated_one() -> None:  # the README's tab
 
     generated = recipe_table.table()
     readme = recipe_table.README.read_text()
-    assert recipe_table.readme_with_table(readme, generated) == readme, "python -m masksub_exp.tools.recipe_table --write"
+    assert recipe_table.readme_with_table(readme, generated) == readme, \
+        "python -m masksub_exp.tools.recipe_table --write"
     assert generated.count("`experiment=") == len(presets())
     row = "| `experiment=deit3/vit_b_400ep` | deit3_base_patch16_224 | 400 | 2048 | 8x256 | 83.5 -> 84.1 |"
     assert row in generated

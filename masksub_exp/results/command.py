@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plan as plan_module
-from .doc import write_page
+from .doc import export_record, readme_block, readme_with_block, write_page
 from .page import MAIN_KEYS, Budget
 from .plan import Plan, PlanError
 from .runs import PlannedRun, expand, interleave, run_locally
@@ -165,6 +165,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", type=Path, help="a committed plan (docs/plans/*.yaml): its sweeps, seeds, budget, "
                         "deadline and claims replace the budget options; runs go to RUNS/<plan name>/")
+    parser.add_argument("--record", type=Path, default=REPO / "docs" / "results_runs",
+                        help="with --plan: where the plan's run files (no checkpoints) are copied for the page and "
+                        "for git (default docs/results_runs/<plan name>)")
     parser.add_argument("--tiny", action="store_true", help="1 seed, 1 epoch of 3 steps per run: a pipeline "
                         "check, no evidence")
     parser.add_argument("--seeds", type=int, help="seeds per setting (default 3; --tiny: 1)")
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         record = budget_record(root, budget, [s.key for s in sweeps], command, started)
         if registered is not None:
             record["plan"] = {"name": registered.name, "path": str(registered.path), "commit": registered.commit,
-                              "committed_at": registered.committed_at}
+                              "committed_at": registered.committed_at,
+                              "claims": {c.sweep: c.claim for c in registered.comparisons}}
         (root / "budget.json").write_text(json.dumps(record, indent=1))  # fixed before any run starts
         if args.launcher == "local":
             run_local(sweeps, budget, root, args.device if registered is None else budget.device, args.deadline_min,
@@ -287,7 +291,15 @@ def main(argv: list[str] | None = None) -> None:
         record["finished"] = record["parts"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         (root / "budget.json").write_text(json.dumps(record, indent=1))
     gpu_root = None if args.tiny else args.gpu_runs
+    if registered is not None:  # the page reads the committed record, so anyone can rewrite it from the repo
+        record = args.record / registered.name
+        if root.exists():
+            export_record(root, record)
+        root = record
     page = write_page(root, out, budget, command, gpu_root=gpu_root)
+    if out.resolve() == (REPO / "docs").resolve():
+        readme = REPO / "README.md"
+        readme.write_text(readme_with_block(readme.read_text(), readme_block(page)))
     print(f"[results] wrote {page} ({time.time() - started:.0f} s)")
 
 

@@ -1,38 +1,42 @@
-"""docs/results.md as a whole: a CPU part from the local budget's runs, and a GPU part from the committed runs
-of `benchmarks/gpu_results.sh` (docs/results_gpu/), each with its own budget, machine and verdicts."""
+"""docs/results.md as a whole: a CPU part from a plan's runs, and GPU parts from committed run records, each with
+its own budget, machine, plan (or the word "exploratory") and verdicts; plus README's generated evidence block."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
+import yaml
 
 from ..tools.report import Run, find_runs
 from .page import (
     MAIN_KEYS,
+    MODELS,
     Budget,
     section_bert,
-    section_fmnist,
     section_loss,
-    section_plateau,
+    section_main,
     section_ratio,
     section_small_data,
     section_unfinished,
     section_variants,
     section_wall_clock,
 )
+from .plan import STAMP, stamped_by
+from .stats import RULE
 
-RULE = ("Verdict rule: a delta counts as a gain (or a loss) only when it exceeds the larger of the two "
-        "sides' seed standard deviations; otherwise the page says \"no measurable effect\".")
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def cpu_machine() -> str:
+    import torch  # only for its version string: the page names what ran the runs
+
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
@@ -49,7 +53,7 @@ def git_commit() -> str:
 
 @dataclass
 class Part:
-    """One budget's runs: what was planned, how it ran, and on what."""
+    """One budget's runs: what was planned, how it ran, on what, and under which plan."""
 
     root: Path
     budget: Budget
@@ -59,11 +63,61 @@ class Part:
     @classmethod
     def load(cls, root: Path, budget: Budget | None = None) -> Part:
         record = json.loads((root / "budget.json").read_text()) if (root / "budget.json").exists() else {}
-        if budget is None:  # a committed part (the GPU's): its budget comes with its runs
+        if budget is None:  # a committed part: its budget comes with its runs
             known = {f.name for f in fields(Budget)}
             budget = Budget(**{k: v for k, v in record.get("budget", {}).items() if k in known})
         sweeps = record.get("sweeps") or sorted(d.name for d in root.iterdir() if d.is_dir())
         return cls(root, budget, sweeps, record)
+
+    @property
+    def plan(self) -> dict:
+        return self.record.get("plan") or {}
+
+    def claims(self) -> dict[str, str]:
+        """The plan's claim per sweep, as registered (from budget.json, else from the committed plan file)."""
+        if "claims" in self.plan:
+            return self.plan["claims"]
+        path = Path(__file__).resolve().parents[2] / self.plan["path"] if self.plan else None
+        if path is None or not path.is_file():
+            return {}
+        return {c["sweep"]: c["claim"] for c in (yaml.safe_load(path.read_text()) or {}).get("comparisons", [])}
+
+    def runs(self) -> tuple[list[Run], list[Run]]:
+        """(counted, not counted): under a plan only runs stamped with its commit count."""
+        every = find_runs([self.root]) if any(self.root.rglob("summary.json")) else []
+        if not self.plan:
+            return every, []
+        ok = [r for r in every if stamped_by(r.folder) == self.plan["commit"]]
+        return ok, [r for r in every if r not in ok]
+
+
+def export_record(root: Path, dest: Path) -> Path:
+    """Copy a plan's run files that the page reads (no checkpoints) to `dest` (committed: docs/results_runs/)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in ("budget.json", "plan.json", "attempts.jsonl"):
+        if (root / name).exists():
+            shutil.copy2(root / name, dest / name)
+    commit = json.loads((root / "budget.json").read_text()).get("plan", {}).get("commit")
+    folders = {p.parent for name in ("config.yaml", "summary.json", STAMP) for p in root.glob(f"*/*/{name}")}
+    ignored = sorted(str(f.relative_to(root)) for f in folders if stamped_by(f) != commit)
+    (dest / "not_counted.json").write_text(json.dumps(ignored, indent=1))  # the page names them
+    for stamp in root.rglob(STAMP):
+        if stamped_by(stamp.parent) != commit:
+            continue
+        target = dest / stamp.parent.relative_to(root)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (STAMP, "config.yaml", "metrics.jsonl", "summary.json"):
+            if (stamp.parent / name).exists():
+                shutil.copy2(stamp.parent / name, target / name)
+    return dest
+
+
+def first_start(part: Part) -> str | None:
+    path = part.root / "attempts.jsonl"
+    starts = [json.loads(line)["start"] for line in path.read_text().splitlines()] if path.exists() else []
+    return f"{datetime.fromtimestamp(min(starts), UTC):%Y-%m-%d %H:%M:%S} UTC" if starts else None
 
 
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
@@ -76,10 +130,17 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
         for span, c in zip(spans, calls, strict=False))
     where = ("as SLURM jobs through the project's launcher (`hydra/launcher=slurm_cpu`)" if b.launcher == "slurm"
              else "as local processes (`--launcher local`, one `masksub_exp.train` per run)")
-    return [f"- Budget, fixed before the runs (`budget.json` is written before the first run starts): {b.seeds} "
-            f"seed(s) per setting (seeds 0..{b.seeds - 1}, the same for both arms); Fashion-MNIST {b.epochs} "
-            f"epoch(s) on {b.train_limit or 'all 60,000'} training images (batch 256, the demo recipe: AdamW "
-            "2e-3, cosine, label smoothing 0.1, shift + flip), test on all 10,000 after every epoch"
+    seeds = b.seed_values()
+    plan = part.plan
+    registered = (f"- Plan: `{plan['path']}`, registered at commit {plan['commit'][:8]} ({plan['committed_at']}); "
+                  f"first run started {first_start(part) or '(none yet)'}; only runs stamped with that commit count"
+                  if plan else "- Plan: none registered before these runs (exploratory: the budget was committed "
+                  "after the runs, so nothing here was pre-registered)")
+    return [registered,
+            f"- Budget: seeds {', '.join(map(str, seeds))} (one pair per seed: same seed, same data order, both "
+            f"arms); Fashion-MNIST {b.epochs} epoch(s) on {b.train_limit or 'all 60,000'} training images (batch "
+            "256, the demo recipe: AdamW 2e-3, cosine, label smoothing 0.1, shift + flip), test on all 10,000 after "
+            "every epoch"
             + (f"; the little-data ViT {b.small_epochs} epoch(s) on {b.small_train_limit} images"
                if "vit_small_data" in part.sweeps else "")
             + (f"; MiniLM {b.text_epochs} epoch(s) on {b.text_train_limit or 'all'} tweets"
@@ -88,54 +149,95 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
             + (f"; every run with `{b.extra}`" if b.extra else ""),
             f"- Sweeps: {', '.join(part.sweeps)}",
             f"- Ran {where}, {b.parallel} at a time, {b.threads} CPU thread(s) each, on {machine}",
-            f"- Cost: {cost:.2f} hours of run wall time in all (sum over runs x threads); wall clock {span}", ""]
+            f"- Cost: {cost:.2f} hours of run wall time in all (sum over counted runs x threads); wall clock {span}",
+            ""]
 
 
 def render(part: Part, out: Path, rel: str, title: str) -> tuple[list[str], list[str]]:
     """The part's verdict lines and its sections (images under out/rel)."""
-    groups = {d.name: find_runs([d]) for d in sorted(part.root.iterdir()) if d.is_dir()}
-    runs = [r for rs in groups.values() for r in rs]
+    runs, excluded = part.runs()
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.folder.parent.name, []).append(r)
     images = out / rel
     images.mkdir(parents=True, exist_ok=True)
     planned = set(part.sweeps)
     keys = [k for k in MAIN_KEYS if k in planned]
+    seeds = part.budget.seed_values()
     verdicts: list[str] = []
-    body = [*section_unfinished(part.root, runs), *section_fmnist(groups, verdicts, keys),
-            *section_plateau(groups, keys)]
+    body = section_unfinished(part.root, runs)
+    listed = part.root / "not_counted.json"
+    names = [f"{r.folder.parent.name}/{r.folder.name}" for r in excluded] + (
+        json.loads(listed.read_text()) if listed.exists() else [])
+    if names:
+        body += ["Not counted (made before or outside this plan, no stamp of its commit): "
+                 + ", ".join(f"`{n}`" for n in sorted(set(names))), ""]
+    body += section_main(groups, keys, seeds, verdicts, part.claims())
     if "vit_ratio" in planned:
         body += section_ratio(groups, images, rel)
     if "vit_variants" in planned:
         body += section_variants(groups)
     if "vit_small_data" in planned:
-        body += section_small_data(groups, part.budget, verdicts)
+        body += section_small_data(groups, part.budget)
     if "bert_minilm" in planned:
-        body += section_bert(groups, part.budget, verdicts)
-    body += [*section_loss(groups, images, verdicts, rel, keys=sorted(planned)), *section_wall_clock(groups)]
+        body += section_bert(groups, part.budget)
+    curves = [k for k in MODELS if k in planned]
+    body += [*section_loss(groups, images, rel, curves), *section_wall_clock(part.root, groups, curves)]
     body = [f"#{line}" if line.startswith("## ") else line for line in body]  # sections sit under the part's title
     return verdicts, [f"## {title}", "", *body]
 
 
+def gpu_parts(gpu_root: Path | None) -> list[tuple[Path, str]]:
+    """The committed GPU records: the exploratory matrix and, when run, pre-registered confirmation sets."""
+    if gpu_root is None or not gpu_root.exists():
+        return []
+    found = [(gpu_root, "GPU, exploratory: the matrix of benchmarks/gpu_results.sh")] \
+        if any(gpu_root.glob("*/*/summary.json")) else []
+    confirm = gpu_root.parent / "results_runs"
+    for record in sorted(confirm.glob("gpu_*")) if confirm.exists() else []:
+        found.append((record, f"GPU, confirmation: plan {record.name}"))
+    return found
+
+
 def write_page(root: Path, out: Path, budget: Budget, command: str, gpu_root: Path | None = None) -> Path:
-    """Read every sweep folder under `root` (and the GPU part's), write OUT/results.md and its PNGs."""
-    if not root.exists() or not any(root.rglob("summary.json")):
+    """Read the part under `root` (and the GPU records), write OUT/results.md and its PNGs; README's block too."""
+    if not root.exists() or not (root / "budget.json").exists() and not any(root.rglob("summary.json")):
         raise SystemExit(f"error: no finished runs under {root}: run the command without --report-only first")
     cpu = Part.load(root, budget)
-    cpu_runs = find_runs([root])
-    verdicts, cpu_body = render(cpu, out, "results", "CPU: this machine")
+    verdicts, body = render(cpu, out, "results", "CPU: this machine")
+    summary = ["## Summary", "", "CPU part:", "", *budget_lines(cpu, cpu.runs()[0], cpu_machine()),
+               *[f"- {v}" for v in verdicts], ""]
+    for index, (gpu_path, title) in enumerate(gpu_parts(gpu_root)):
+        gpu = Part.load(gpu_path)
+        gpu_verdicts, gpu_body = render(gpu, out, "results/gpu" + ("" if index == 0 else str(index)), title)
+        summary += [f"{title} (runs committed under `{gpu_path.relative_to(gpu_path.parents[1])}`):", "",
+                    *budget_lines(gpu, gpu.runs()[0], gpu.record.get("machine", "a GPU")),
+                    *[f"- {v}" for v in gpu_verdicts], ""]
+        body += gpu_body
+    plan = cpu.plan
     lines = ["# MaskSub results", "",
-             f"Written by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (commit {git_commit()}). Do not "
-             "edit: rerun the command. Every number comes from the run folders.", "",
-             "## Summary", "", "CPU part:", "", *budget_lines(cpu, cpu_runs, cpu_machine()),
-             *[f"- {v}" for v in verdicts], ""]
-    gpu_body: list[str] = []
-    if gpu_root is not None and gpu_root.exists() and any(gpu_root.rglob("summary.json")):
-        gpu = Part.load(gpu_root)
-        gpu_verdicts, gpu_body = render(gpu, out, "results/gpu", "GPU: the matrix of benchmarks/gpu_results.sh")
-        lines += ["GPU part (runs committed under `docs/results_gpu/`):", "",
-                  *budget_lines(gpu, find_runs([gpu_root]), gpu.record.get("machine", "a GPU")),
-                  *[f"- {v}" for v in gpu_verdicts], ""]
-    lines += [RULE, "", "These are small-budget checks on Fashion-MNIST, not the paper's ImageNet setting: a "
-              "regulariser that pays off over 300-800 epochs need not show in tens of epochs.", ""]
+             f"Written by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (code commit {git_commit()}"
+             + (f"; plan commit {plan['commit'][:8]}" if plan else "") + "). Do not edit: rerun the command. "
+             "Every number comes from the run folders.", "", *summary, RULE, "",
+             "These are small-budget checks on Fashion-MNIST, not the paper's ImageNet setting: a regulariser that "
+             "pays off over 300-800 epochs need not show in tens of epochs.", ""]
     page = out / "results.md"
-    page.write_text("\n".join(lines + cpu_body + gpu_body))
+    page.write_text("\n".join(lines + body))
     return page
+
+
+def readme_block(page: Path) -> str:
+    """README's evidence paragraph, generated from the page's summary (so README cannot claim more)."""
+    text = page.read_text()
+    summary = text[text.index("## Summary"):]
+    summary = summary[:summary.index(RULE)]
+    keep = [line for line in summary.splitlines()[2:] if line.startswith(("- Fashion", "- MiniLM", "CPU part",
+                                                                          "GPU", "- Plan"))]
+    return "\n".join([README_BEGIN, "From [docs/results.md](docs/results.md), generated (do not edit):", "",
+                      *keep, "", "Verdicts follow the page's paired rule (a 95 % paired t interval, Holm across "
+                      "comparisons; \"inconclusive\" when the interval spans 0).", README_END])
+
+
+def readme_with_block(readme: str, block: str) -> str:
+    start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
+    return readme[:start] + block + readme[end:]

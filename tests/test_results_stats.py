@@ -1,0 +1,68 @@
+"""The page's analysis rule (masksub_exp/results/stats.py): calibrated on simulated experiments, exact where exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from masksub_exp.results.stats import analyse, holm, sign_flip_p, t_test
+
+
+def simulated_calls(effect: float, experiments: int = 2000, pairs: int = 5, seed: int = 0) -> float:
+    """Share of simulated experiments (`pairs` seed pairs each, pair std 1) where the rule says gain or worse."""
+    rng = np.random.default_rng(seed)
+    calls = 0
+    for _ in range(experiments):
+        base = rng.normal(80.0, 1.0, pairs)  # seeds differ a lot between each other...
+        treat = base + effect + rng.normal(0.0, 1.0, pairs)  # ...the pair's delta has std 1 around the effect
+        result = analyse({"c": dict(enumerate(zip(base.tolist(), treat.tolist(), strict=True)))})["c"]
+        calls += result.verdict in ("gain", "worse")
+    return calls / experiments
+
+
+def test_with_no_effect_the_rule_calls_a_difference_in_about_5_percent_of_experiments() -> None:
+    rate = simulated_calls(effect=0.0)
+    assert 0.03 <= rate <= 0.07, rate
+
+
+def test_an_effect_of_two_pair_std_is_found_in_most_experiments() -> None:
+    rate = simulated_calls(effect=2.0)
+    assert rate >= 0.8, rate
+
+
+def test_the_verdict_needs_the_interval_to_exclude_zero_and_names_the_direction() -> None:
+    up = analyse({"up": {s: (80.0, 81.0 + 0.1 * s) for s in range(6)}})["up"]
+    assert up.verdict == "gain" and up.low > 0 and up.p_holm < 0.05
+    down = analyse({"down": {s: (80.0, 79.0 - 0.1 * s) for s in range(6)}})["down"]
+    assert down.verdict == "worse" and down.high < 0
+    noisy = analyse({"noisy": {0: (80.0, 83.0), 1: (80.0, 77.5), 2: (80.0, 81.0)}})["noisy"]
+    assert noisy.verdict == "inconclusive" and noisy.low < 0 < noisy.high
+
+
+def test_sign_flip_p_is_exact() -> None:
+    assert sign_flip_p([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2 / 32)  # all positive: the floor with 5 pairs
+    assert sign_flip_p([0.5] * 6) == pytest.approx(2 / 64)  # 6 pairs can reach below 1/16
+    assert sign_flip_p([1.0, -1.0]) == 1.0
+
+
+def test_holm_adjusts_step_down_and_stays_monotone() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_intervals_widen_with_the_number_of_comparisons_and_holm_applies() -> None:
+    pairs = {s: (80.0, 80.6 + 0.3 * (s % 3)) for s in range(6)}
+    alone = analyse({"a": pairs})["a"]
+    family = analyse({"a": pairs, "b": {s: (80.0, 80.0 + (-1) ** s) for s in range(6)}})
+    assert family["a"].level == pytest.approx(0.975) and alone.level == pytest.approx(0.95)
+    assert family["a"].high - family["a"].low > alone.high - alone.low
+    assert family["a"].p_holm >= family["a"].p_t
+
+
+def test_too_few_pairs_and_constant_deltas() -> None:
+    one = analyse({"x": {0: (80.0, 81.0)}})["x"]
+    assert one.verdict.startswith("too few pairs") and math.isnan(one.p_t)
+    assert analyse({"x": {}})["x"].verdict == "no complete pair"
+    assert t_test([0.5, 0.5, 0.5]) == (0.0, 0.0) and t_test([0.0, 0.0]) == (0.0, 1.0)
