@@ -22,7 +22,8 @@ CARRY=${CARRY:-.gpu_carry} PY=${PY:-python3} TOTAL_S=${TOTAL_S:-560} PARALLEL=${
 LOADER_S=${LOADER_S:-150}
 DRY=0; [[ ${1:-} == --dry-run ]] && DRY=1
 START=$SECONDS
-WORK=${WORK:-/tmp/gpu-results-work}; rm -rf "$WORK"; mkdir -p "$WORK"
+# never deleted: a run stopped at the deadline keeps its checkpoint there and the same call resumes it
+WORK=${WORK:-/tmp/gpu-results-work}; mkdir -p "$WORK"
 
 if ! $PY -c "import hydra, submitit, omegaconf" 2>/dev/null; then
   [[ -d $CARRY/whl ]] || { echo "hydra/submitit missing and no $CARRY/whl to install them from"; exit 2; }
@@ -69,16 +70,22 @@ left=$((TOTAL_S - (SECONDS - START) - 70))  # what the matrix may use: 60 s of s
 deadline=$(awk "BEGIN {print ($left > 30 ? $left : 30) / 60}")
 echo "matrix: deadline ${deadline} min"
 # data.batch_augment: the per-sample transform fed only ~2,500 img/s a process (86 % data wait on the first try)
-$PY -m masksub_exp.results --launcher local --threads 1 "${budget[@]}" --deadline-min "$deadline" \
-  --extra "data.batch_augment=true" \
-  --only "${ONLY:-fmnist_vit,fmnist_vit_tokens,fmnist_swin,fmnist_resnet,vit_ratio,vit_variants,vit_small_data}" \
-  --runs "$WORK/runs" --out "$WORK/page" --gpu-runs "$WORK/none" > "$WORK/matrix.log" 2>&1
+if [[ -n ${PLAN:-} ]]; then  # a pre-registered set (docs/plans/gpu_*.yaml): its budget and deadline come from the plan
+  $PY -m masksub_exp.results --plan "$PLAN" --runs "$WORK/runs" --record "$WORK/record" --out "$WORK/page" \
+    --gpu-runs "$WORK/none" > "$WORK/matrix.log" 2>&1
+else
+  $PY -m masksub_exp.results --launcher local --threads 1 "${budget[@]}" --deadline-min "$deadline" \
+    --extra "data.batch_augment=true" \
+    --only "${ONLY:-fmnist_vit,fmnist_vit_tokens,fmnist_swin,fmnist_resnet,vit_ratio,vit_variants,vit_small_data}" \
+    --runs "$WORK/runs" --out "$WORK/page" --gpu-runs "$WORK/none" > "$WORK/matrix.log" 2>&1
+fi
 echo "matrix: exit $? ($((SECONDS - START)) s)"; grep -c ": done" "$WORK/matrix.log"; tail -n 5 "$WORK/matrix.log"
 cp "$WORK/matrix.log" "$OUT/"
 
 [[ -n ${SMI:-} ]] && kill "$SMI" 2>/dev/null
 ((DRY == 0)) && [[ $MPS == on ]] && echo quit | nvidia-cuda-mps-control
 root=$(ls -d "$WORK"/runs/*/ | head -n 1)
+[[ -n ${PLAN:-} ]] && root=$(ls -d "$WORK"/record/*/ | head -n 1)  # a plan's record: stamped runs, no checkpoints
 $PY - "$root" "$WORK/gpu_util.csv" "$MPS" <<'EOF'
 import json, os, sys, subprocess
 from pathlib import Path
