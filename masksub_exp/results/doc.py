@@ -115,9 +115,12 @@ def export_record(root: Path, dest: Path) -> Path:
 
 
 def first_start(part: Part) -> str | None:
+    """When the part's first run started: its stamp (written just before the process starts) or its attempt."""
+    times = [json.loads(p.read_text()).get("stamped") for p in part.root.glob(f"*/*/{STAMP}")]
     path = part.root / "attempts.jsonl"
-    starts = [json.loads(line)["start"] for line in path.read_text().splitlines()] if path.exists() else []
-    return f"{datetime.fromtimestamp(min(starts), UTC):%Y-%m-%d %H:%M:%S} UTC" if starts else None
+    times += [f"{datetime.fromtimestamp(json.loads(line)['start'], UTC):%Y-%m-%d %H:%M:%S} UTC"
+              for line in (path.read_text().splitlines() if path.exists() else [])]
+    return min((t for t in times if t), default=None)
 
 
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
