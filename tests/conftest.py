@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,36 @@ from omegaconf import DictConfig
 
 import masksub_exp.train  # noqa: F401  (registers the schema and resolvers)
 
+from . import parallel
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist runs several workers on the same cores: one torch thread per worker there, or they oversubscribe
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+
+# `make test-fast`, the inner loop: config, masks, step, reference gradients, checkpoints, layout (single tests
+# elsewhere, e.g. the results page's analysis, carry @pytest.mark.fast themselves)
+FAST_MODULES = {"test_config", "test_vit_tokens", "test_step", "test_reference", "test_checkpoints", "test_layout"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    parallel.check_groups(config.rootpath, items)
+    for item in items:
+        if item.path.stem in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+    if WORKERS > 1:  # the longest first, so that no worker starts a 2-minute test when the others are done
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: the suite also runs without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup`: each SLURM cluster's tests in one worker (tests/parallel.py)."""
+    return parallel.make_scheduler(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 def compose_cfg(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
@@ -41,18 +68,28 @@ def cli_env() -> dict[str, str]:
     """Environment for running the CLI in a subprocess from the repo root."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = str(THREADS) if WORKERS > 1 else env.get("OMP_NUM_THREADS", "2")
     return env
 
 
 PYTHON = sys.executable
+UP_LOCK = Path(tempfile.gettempdir()) / "masksub-slurm-local-up.lock"
+
+
+def slurm_local_up(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`launchers/slurm-local up ARGS` under one machine-wide lock: xdist workers (and other test sessions) reach
+    their first SLURM test together, and two `up`s at once race on apt, munged and the daemons' pid files. The
+    second `up` then finds the cluster healthy and returns in about a second."""
+    with open(UP_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        return subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up", *args], capture_output=True,
+                              text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")
 def slurm_env() -> dict[str, str]:
     """The real one-node SLURM cluster (launchers/slurm-local, needs root), and an env that reaches it."""
-    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up"], capture_output=True, text=True,
-                          timeout=600)
+    proc = slurm_local_up(dict(os.environ))
     if proc.returncode != 0:
         pytest.fail(f"the local SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
     env = dict(os.environ)
@@ -71,8 +108,7 @@ def multinode_slurm_env() -> dict[str, str]:
     slurmd in its own network namespace with its own address and host name. It has its own root, ports and
     database, so it runs beside the one-node cluster of `slurm_env`."""
     env = dict(os.environ, SLURM_LOCAL_ROOT=MULTINODE_ROOT)
-    proc = subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up", "--nodes", "2"], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = slurm_local_up(env, "--nodes", "2")
     if proc.returncode != 0:
         pytest.fail(f"the local two-node SLURM cluster did not come up (needs root):\n{proc.stderr[-3000:]}")
     env["PYTHONPATH"] = str(ROOT)

@@ -18,7 +18,7 @@ import pytest
 
 from masksub_exp import checkpoints
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, slurm_local_up
 from .test_slurm import (
     DDP_ARGS,
     assert_resumed_exactly,
@@ -172,7 +172,6 @@ def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_re
     the requeued job runs on both nodes again and resumes from the last checkpoint."""
     env = multinode_slurm_env
     cmd = node_loss_sweep(tmp_path, "crash", train_size=8192)
-    up = [str(ROOT / "launchers" / "slurm-local"), "up", "--nodes", "2"]
     launcher = start(cmd, env)
     try:
         run = wait_for_six_steps(tmp_path)
@@ -197,11 +196,11 @@ def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_re
             60, "the job to be requeued (PENDING: its node is down)")
         lost_step = checkpoints.load(run / "checkpoints" / "last.pt")["state"]["step"]
         # the node comes back (on a real cluster SLURM would start the requeued job on another node)
-        subprocess.run(up, env=env, capture_output=True, text=True, timeout=300, check=True)
+        slurm_local_up(env, "--nodes", "2").check_returncode()
         out, err = launcher.communicate(timeout=300)
     finally:
         launcher.kill()
-        subprocess.run(up, env=env, capture_output=True, timeout=300)  # never leave node2 down for other tests
+        slurm_local_up(env, "--nodes", "2")  # never leave node2 down for other tests
     assert rank0_ended < 30, f"rank 0 took {rank0_ended:.0f} s (train.dist_timeout_min: 30 s) to end after the crash"
     print(f"rank 0 ended {rank0_ended:.1f} s after the crash; NODE_FAIL after {noticed:.1f} s; node2 {node_state}")
     assert node_state.startswith("down") and queued, node_state
