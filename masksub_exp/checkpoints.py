@@ -34,7 +34,7 @@ def config_hash(settings: Settings) -> str:
     """A hash of everything that changes the trajectory (not caps, logging or worker counts)."""
     d = asdict(settings)
     for key in ("max_steps", "log_every", "ckpt_every", "eval_every", "resume", "progress", "device", "compile",
-                "compile_mode", "channels_last", "count_allreduce", "dist_timeout_min"):
+                "compile_mode", "channels_last", "count_allreduce", "dist_timeout_min", "mask_preview"):
         d["train"].pop(key, None)
     d["data"].pop("num_workers")
     d["data"].pop("pin_memory")

@@ -240,6 +240,7 @@ class TrainConfig:
     compile_mode: str = "model"  # model: one graph per branch | blocks: ViT/Swin block by block
     channels_last: bool = True  # for convolutional models on CUDA
     count_allreduce: bool = False  # count DDP gradient all-reduces into summary.json (diagnostics)
+    mask_preview: bool = True  # mask_preview.png at a run's first step: what the sub-branch was fed
     # bounds the rendezvous and every collective (a barrier while rank 0 writes a checkpoint included)
     dist_timeout_min: float = 30.0
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import checkpoints
+from . import checkpoints, mask_preview
 from .build import Parts
 from .checkpoints import TrainState
 from .data.imagefolder import count_bad_images
@@ -129,6 +129,8 @@ def run_batch(p: Parts, state: TrainState, x: Batch, y: torch.Tensor, meter: Los
         p.ema.update(p.model.net, step=state.step)
     state.step += 1
     state.batch_in_epoch += 1
+    if p.model.sub is not None and p.model.sub.recorded is not None:  # a Python check: no sync unless asked
+        mask_preview.publish(p.model.sub.take_record(), p, state.step)  # the mask this very step used
     meter.add(result, batch_len(x))
     if state.step % t.log_every == 0 or state.step == max_steps:
         log_train(p, meter, state)
@@ -165,6 +167,8 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     if p.dist.is_main and p.loaders.split is not None:
         p.loaders.split.save(p.run_dir)  # which training samples were held out (data.holdout)
     meter = LossMeter(p.dist.device, start_step=state.step)
+    if p.dist.is_main and t.mask_preview and state.step == 0 and p.model.sub is not None:
+        p.model.sub.record_next = True  # the first step's sub-branch keeps its mask for mask_preview.png
     started = time.perf_counter()
     start_step = state.step
     last_eval: dict[str, Any] = {}
@@ -226,6 +230,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
     }
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)
+        p.sinks.summarize(summary)  # the final values in W&B's run summary too
     return summary
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -12,12 +14,15 @@ import pytest
 from PIL import Image
 
 from masksub_exp import checkpoints
-from masksub_exp.tools.report import report
+from masksub_exp.config import to_settings
+from masksub_exp.distributed import DistributedTimeout
 from masksub_exp.sinks.console import ConsoleSink
+from masksub_exp.tools.report import report
 from masksub_exp.train import train
 
 from .conftest import PYTHON, ROOT, compose_cfg, smoke_overrides
-from .wandb_records import exit_code, kinds, run_info
+from .wandb_records import alerts, exit_code, history, kinds, metric_definitions, run_info, tags
+from .wandb_records import summary as summary_of
 
 
 @pytest.fixture
@@ -28,7 +33,19 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def wandb_files(run: Path) -> list[Path]:
-    return sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    return sorted(run.glob("wandb/offline-run-*/run-*.wandb"))  # offline-run-<date>_<time>-<id>: oldest first
+
+
+def metric_steps(run: Path) -> list[int]:
+    """The steps of the metric rows (train/, eval/, test/) across all the run's offline files, oldest first:
+    what W&B holds after `wandb sync` of every offline folder."""
+    return [row["_step"] for f in wandb_files(run) for row in history(f)
+            if any(k.startswith(("train/", "eval/", "test/")) for k in row)]
+
+
+def jsonl_steps(run: Path) -> list[int]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return sorted({line["step"] for line in lines})
 
 
 def test_offline_wandb_run_logs_config_and_metrics(offline: None, tmp_path: Path) -> None:
@@ -49,6 +66,21 @@ def test_offline_wandb_run_logs_config_and_metrics(offline: None, tmp_path: Path
                 "eval/top1", "eval/top5"):
         assert key in info["history_keys"], key
     assert summary["step"] == 4
+    assert metric_steps(run) == jsonl_steps(run) == [2, 4]
+    # dashboards: eval curves against the epoch, the best top-1 and summary.json's values in the summary, tags
+    defs = metric_definitions(files[0])
+    assert defs["eval/*"]["step_metric"] == "eval/epoch" and defs["test/*"]["step_metric"] == "test/epoch"
+    assert defs["eval/top1"]["summary"] == {"max": True, "last": True}
+    final = summary_of(files[0])
+    assert final["best/top1"] == summary["top1"] and final["best/epoch"] == summary["epoch"]
+    written = json.loads((run / "summary.json").read_text())
+    assert final["final/top1"] == written["top1"] and final["final/status"] == written["status"]
+    assert final["final/wall_time_s"] == written["wall_time_s"] and final["final/seed"] == 0
+    assert tags(files[0]) == ["preset:smoke", "family:vit", "masksub:mask"]
+    # the first step's mask preview, as an image at step 1
+    [image] = [row for row in history(files[0]) if "masksub/preview/_type" in row]
+    assert image["masksub/preview/_type"] == "image-file" and image["_step"] == 1
+    assert alerts(files[0]) == []
 
 
 def test_resume_reuses_the_wandb_run_and_new_runs_get_new_ids(offline: None, tmp_path: Path) -> None:
@@ -60,6 +92,7 @@ def test_resume_reuses_the_wandb_run_and_new_runs_get_new_ids(offline: None, tmp
     ids_b = {run_info(f)["id"] for f in wandb_files(tmp_path / "b")}
     assert len(wandb_files(tmp_path / "a")) == 2 and len(ids_a) == 1  # two sessions, one W&B run
     assert ids_a.isdisjoint(ids_b)
+    assert metric_steps(tmp_path / "a") == jsonl_steps(tmp_path / "a")  # each step once, in order
 
 
 def wandb_service_children() -> list[int]:
@@ -95,6 +128,8 @@ def test_wandb_run_file_is_complete_when_train_returns(offline: None, tmp_path: 
         train(compose_cfg(smoke_overrides(logger="wandb", train__max_steps=2, train__log_every=1), tmp_path / "nan"))
     [failed] = wandb_files(tmp_path / "nan")
     assert exit_code(failed) == 1 and not wandb_service_children()
+    [(title, text, level)] = alerts(failed)
+    assert title == "NaN stop" and level == "ERROR" and "NonFiniteLoss" in text and "non-finite" in text
 
 
 def test_disabled_wandb_writes_nothing(offline: None, tmp_path: Path) -> None:
@@ -147,6 +182,7 @@ def test_report_on_a_real_demo_sweep(tmp_path: Path, cli_env: dict) -> None:
         assert len(image.convert("L").getcolors(maxcolors=1 << 16) or []) > 10  # not a blank canvas
 
 
+@pytest.mark.fast  # the inner loop: `make test-fast`
 def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no run folders"):
         report([tmp_path], tmp_path / "out")
@@ -177,6 +213,7 @@ class StubApi:
         return self._runs
 
 
+@pytest.mark.fast  # the inner loop: `make test-fast`
 def test_report_from_the_wandb_api(tmp_path: Path) -> None:
     from masksub_exp.tools.report import runs_from_wandb
 
@@ -222,3 +259,104 @@ def test_a_requeued_slurm_job_continues_its_wandb_run_and_logs_its_slurm_ids(slu
         assert job in (meta["slurm_job_id"], f"{meta['slurm_array_job_id']}_{meta['slurm_array_task_id']}")
         assert meta["world_size"] == 1
     assert all(exit_code(f) == 0 for f in files)
+
+
+def sink_session(run: Path, records: list[dict], *, fail: BaseException | None = None) -> None:
+    """One attempt of a run as the W&B sink sees it: built (replaying), fed `records`, closed as train.py does."""
+    from masksub_exp.sinks.wandb import WandbSink
+
+    settings = to_settings(compose_cfg(smoke_overrides(logger="wandb"), run))
+    sink = WandbSink(settings, run, "sinktest01", group=None, name="t", world_size=1)
+    try:
+        for record in records:
+            sink.log(record)
+        if fail is not None:
+            raise fail
+    finally:  # like train.py: the failure is the exception being handled while the sink closes
+        sink.close(0 if fail is None else 1)
+
+
+def train_line(step: int) -> dict:
+    return {"kind": "train", "step": step, "epoch": step // 8, "loss_main": 1.0 / step, "lr": 1e-3, "img_per_s": 1.0}
+
+
+def test_wandb_gets_every_metrics_step_once_whatever_it_held_before(offline: None, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    # attempt 1 logged steps 2-8 to W&B; its checkpoint was at step 4, so the resume keeps metrics.jsonl to 4
+    sink_session(run, [train_line(s) for s in (2, 4, 6, 8)])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(train_line(s)) + "\n" for s in (2, 4)))
+    sink_session(run, [train_line(s) for s in (6, 8, 10, 12)])  # 6 and 8 again: W&B keeps its own
+    assert metric_steps(run) == [2, 4, 6, 8, 10, 12]
+    # an attempt logged to metrics.jsonl only (W&B was off, or its file was lost): the next attempt replays
+    evals = [{"kind": "eval", "step": 16, "epoch": 2, "top1": 40.0, "top5": 90.0},
+             {"kind": "eval", "step": 24, "epoch": 3, "top1": 35.0, "top5": 91.0}]
+    lines = [train_line(s) for s in (2, 4, 6, 8, 10, 12, 14, 16)] + [evals[0]] + [train_line(s) for s in (18, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "tr')  # torn
+    sink_session(run, [train_line(22), train_line(24), evals[1]])
+    assert metric_steps(run) == list(range(2, 25, 2))
+    last = wandb_files(run)[-1]
+    assert [row["_step"] for row in history(last)] == list(range(14, 25, 2))  # the replay, then the live steps
+    [row16] = [row for row in history(last) if row["_step"] == 16]  # train and eval of one step: one row
+    assert row16["train/loss_main"] == 1 / 16 and row16["eval/top1"] == 40.0 and row16["eval/epoch"] == 2
+    final = summary_of(last)
+    assert (final["best/top1"], final["best/epoch"]) == (40.0, 2)  # the replayed eval was the best
+
+
+@pytest.mark.parametrize("failure,title", [
+    (DistributedTimeout("rank 0: a collective of the training loop did not complete: another rank died"),
+     "lost rank"),
+    (OSError("disk on fire"), "run failed"),
+])
+def test_a_failed_run_raises_an_alert_naming_why(offline: None, tmp_path: Path, failure: BaseException,
+                                                  title: str) -> None:
+    # train.py turns a peer lost mid-collective into DistributedTimeout before its `finally` closes the sinks
+    with pytest.raises(type(failure)):
+        sink_session(tmp_path, [train_line(2)], fail=failure)
+    [file] = wandb_files(tmp_path)
+    assert alerts(file) == [(title, f"{type(failure).__name__}: {failure}", "ERROR")] and exit_code(file) == 1
+
+
+def wait_until(proc: subprocess.Popen, condition, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.05)  # polling for a file to change, not waiting out a race
+    raise AssertionError(f"{what}: not seen (exit code {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_a_sigkilled_offline_run_reaches_wandb_with_every_step_once(offline: None, tmp_path: Path,
+                                                                    cli_env: dict) -> None:
+    # wandb-core writes its run file through a buffer, seconds behind the run: a SIGKILLed attempt's file can
+    # lack steps that metrics.jsonl and the checkpoint hold (attempt 1, killed as its first checkpoint lands:
+    # the next attempt must replay them) or hold steps past the checkpoint (attempt 2, killed once W&B has rows
+    # past its checkpoint: the next attempt trains them again and must not log them twice)
+    run = tmp_path / "run"
+    env = {**cli_env, "NETRC": "/nonexistent", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    args = [PYTHON, "-m", "masksub_exp.train", "experiment=smoke", "logger=wandb", "logger.mode=offline",
+            "train.ckpt_every=10", "train.log_every=2", "train.progress=false", "data.synthetic_train_size=1024",
+            f"hydra.run.dir={run}"]
+    ckpt = run / "checkpoints" / "last.pt"
+    kills = [lambda: ckpt.exists(),  # step 10's checkpoint
+             lambda: max(metric_steps(run)[-1:] or [0]) > 20]  # resumed at 10; W&B already holds a step past 20
+    at_kill = []
+    for condition in kills:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(proc, condition, "the kill point")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        at_kill.append({"wandb_rows": metric_steps(run), "checkpoint": checkpoints.load(ckpt)["state"]["step"]})
+    assert at_kill[1]["wandb_rows"][-1] > at_kill[1]["checkpoint"] == 20  # steps past the checkpoint in W&B
+    done = subprocess.run([*args, "train.max_steps=40"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = jsonl_steps(run)
+    assert steps[-1] == 40 and 32 in steps  # the epoch-end eval at 32 and the capped eval at 40
+    assert metric_steps(run) == steps  # every metrics.jsonl step once, in order, across the three files
+    assert len(wandb_files(run)) == 3 and exit_code(wandb_files(run)[-1]) == 0
+    print(f"at each kill, W&B's rows on disk and the checkpoint step: {at_kill}")

@@ -1,40 +1,22 @@
-"""Read an offline W&B run file (`run-<id>.wandb`) back: wandb 0.31 ships no reader for it.
+"""Read offline W&B run files (`run-<id>.wandb`) back, in W&B's own record format.
 
-The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (crc32, length,
-type: 1 full, 2 first, 3 middle, 4 last) that assemble into protobuf `Record`s.
+The block/chunk reader is the engine's (masksub_exp/sinks/wandb_file.py: the sink reads earlier attempts'
+files with it to know what W&B holds); these helpers turn its protobuf `Record`s into plain values.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2 as pb
-
-BLOCK, HEADER, CHUNK_HEADER = 32768, 7, 7
+from masksub_exp.sinks.wandb_file import item_key
+from masksub_exp.sinks.wandb_file import records as _records
 
 
 def records(path: Path) -> list[Any]:
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    out, buf, pos = [], b"", HEADER
-    while pos + CHUNK_HEADER <= len(data):
-        if BLOCK - pos % BLOCK < CHUNK_HEADER:  # the block's tail is padding
-            pos += BLOCK - pos % BLOCK
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK_HEADER])
-        if length == 0 and kind == 0:
-            break
-        buf += data[pos + CHUNK_HEADER:pos + CHUNK_HEADER + length]
-        pos += CHUNK_HEADER + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(buf)
-            out.append(record)
-            buf = b""
-    return out
+    assert path.read_bytes()[:4] == b":W&B", f"{path} is not a W&B run file"
+    return _records(path)
 
 
 def kinds(path: Path) -> list[str]:
@@ -62,5 +44,42 @@ def run_info(path: Path) -> dict[str, Any]:
                         name=record.run.display_name,
                         config={i.key: json.loads(i.value_json) for i in record.run.config.update})
         elif kind == "history":
-            info["history_keys"] |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+            info["history_keys"] |= {item_key(i) for i in record.history.item}
     return info
+
+
+def of_kind(path: Path, kind: str) -> list[Any]:
+    return [getattr(r, kind) for r in records(path) if r.WhichOneof("record_type") == kind]
+
+
+def history(path: Path) -> list[dict[str, Any]]:
+    """Every history row, in file order: {key: value}, `_step` included (image keys are nested dicts' parts)."""
+    return [{item_key(i): json.loads(i.value_json) for i in row.item} for row in of_kind(path, "history")]
+
+
+def summary(path: Path) -> dict[str, Any]:
+    """The run summary as the file leaves it: every update applied in order, removals dropped."""
+    out: dict[str, Any] = {}
+    for record in of_kind(path, "summary"):
+        out.update({item_key(i): json.loads(i.value_json) for i in record.update})
+        for i in record.remove:
+            out.pop(item_key(i), None)
+    return out
+
+
+def alerts(path: Path) -> list[tuple[str, str, str]]:
+    return [(a.title, a.text, a.level) for a in of_kind(path, "alert")]
+
+
+def tags(path: Path) -> list[str]:
+    [run] = of_kind(path, "run")
+    return list(run.tags)
+
+
+def metric_definitions(path: Path) -> dict[str, dict[str, Any]]:
+    """define_metric calls: name (or glob) -> {"step_metric": ..., "summary": {"max": True, ...}}."""
+    out = {}
+    for m in of_kind(path, "metric"):
+        out[m.name or m.glob_name] = {"step_metric": m.step_metric,
+                                      "summary": {f.name: v for f, v in m.summary.ListFields()}}
+    return out

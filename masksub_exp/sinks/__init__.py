@@ -30,6 +30,21 @@ class Sinks:
         for sink in self.sinks:
             sink.close(exit_code)
 
+    # optional parts of a sink: only trackers (W&B) take pictures and a run summary
+    def image(self, key: str, path: Path, step: int) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "image"):
+                sink.image(key, path, step)
+
+    def summarize(self, summary: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "summarize"):
+                sink.summarize(summary)
+
+    @property
+    def wants_images(self) -> bool:
+        return any(hasattr(sink, "image") for sink in self.sinks)
+
 
 def hydra_labels(run_dir: Path) -> tuple[str | None, str]:
     """(group, name) for a tracker: the sweep folder of a multirun, and the job's overrides."""

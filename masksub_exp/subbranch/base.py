@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,15 +21,46 @@ def call_network(net: nn.Module, x: Any) -> torch.Tensor:
     return net(x)
 
 
+@dataclass
+class MaskRecord:
+    """The mask one sub-branch pass actually used, and what that pass was fed (for the mask preview).
+
+    kind: "tokens" (ViT: mask (B, gh * gw) over patch tokens, True = dropped), "blocks" (Swin: mask
+    (B, H', W') over patch tokens, True = replaced by the mask token), "pixels" (CNN: mask (B, 1, H, W),
+    True = zeroed), "text" (BERT: mask (B, T), True = dropped token). `unit`: pixels per mask cell.
+    """
+
+    kind: str
+    fed: Any  # the image batch, or the tokenised text batch, given to the sub-branch
+    mask: torch.Tensor
+    unit: int = 1
+
+
 class SubBranch(ABC):
     """Runs the sub-branch forward of one model family.
 
     The ratio is read from the config once, here (config -> adapter -> masking op), so nothing
     downstream reads the config again. Implementations must leave the model as they found it.
+
+    Set `record_next = True` and the next masked pass keeps its mask and input in `recorded` (device
+    tensors, references only: no copy, no host sync); only then, so the hot path keeps nothing alive.
     """
 
     def __init__(self, model: nn.Module, cfg: MaskSubConfig) -> None:
         self.ratio = cfg.ratio
+        self.record_next = False
+        self.recorded: MaskRecord | None = None
+
+    def remember(self, kind: str, fed: Any, mask: torch.Tensor, unit: int = 1) -> None:
+        """Called by a masking adapter with the mask it is about to use (kept only when asked)."""
+        if self.record_next:
+            self.recorded = MaskRecord(kind, fed, mask.detach(), unit)
+            self.record_next = False
+
+    def take_record(self) -> MaskRecord | None:
+        """The recorded pass, if one was asked for and has run; cleared on reading."""
+        record, self.recorded = self.recorded, None
+        return record
 
     @classmethod
     @abstractmethod

@@ -33,8 +33,8 @@ def special_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return special
 
 
-def drop_text_tokens(batch: Mapping[str, torch.Tensor], ratio: float, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """A new batch without int(n * ratio) random content tokens per row, with `position_ids`."""
+def text_drop_mask(batch: Mapping[str, torch.Tensor], ratio: float) -> torch.Tensor:
+    """(B, T) bool: int(n * ratio) random content tokens per row, True = dropped."""
     ids, attention = batch["input_ids"], batch["attention_mask"].bool()
     b, t = ids.shape
     content = attention & ~special_tokens(batch)
@@ -42,7 +42,16 @@ def drop_text_tokens(batch: Mapping[str, torch.Tensor], ratio: float, pad_token_
     # draw among content tokens only: non-content tokens get ranks past every content token
     noise_order = torch.where(content, torch.rand(b, t, device=ids.device), torch.full((b, t), 2.0, device=ids.device))
     rank = noise_order.argsort(1).argsort(1)
-    drop = content & (rank < n_drop.view(-1, 1))
+    return content & (rank < n_drop.view(-1, 1))
+
+
+def drop_text_tokens(batch: Mapping[str, torch.Tensor], ratio: float, pad_token_id: int = 0,
+                     drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A new batch without int(n * ratio) random content tokens per row (or without `drop`), with `position_ids`."""
+    ids, attention = batch["input_ids"], batch["attention_mask"].bool()
+    b, t = ids.shape
+    if drop is None:
+        drop = text_drop_mask(batch, ratio)
     keep = attention & ~drop
     positions = batch.get("position_ids")
     if positions is None:
@@ -69,4 +78,7 @@ class BertTokenDrop(SubBranch):
 
     def forward(self, model: nn.Module, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
         pad = getattr(model.config, "pad_token_id", 0) or 0
-        return model(**drop_text_tokens(x, self.ratio, pad)).logits
+        drop = text_drop_mask(x, self.ratio)
+        if self.record_next:
+            self.remember("text", x, drop)
+        return model(**drop_text_tokens(x, self.ratio, pad, drop=drop)).logits

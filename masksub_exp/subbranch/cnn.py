@@ -17,13 +17,18 @@ from ..config import MaskSubConfig
 from .base import SubBranch, pixel_mask, random_masks
 
 
-def zero_patches(x: torch.Tensor, ratio: float, unit: int) -> torch.Tensor:
-    """x with int(L * ratio) random unit x unit patches zeroed per sample (partial edge patches count)."""
+def patch_masks(x: torch.Tensor, ratio: float, unit: int) -> torch.Tensor:
+    """(B, 1, H, W) bool: int(L * ratio) random unit x unit patches per sample (partial edge patches count)."""
     b, _, h, w = x.shape
     grid = (math.ceil(h / unit), math.ceil(w / unit))
     units = grid[0] * grid[1]
     masks = random_masks(b, units, int(units * ratio), x.device)
-    return x.masked_fill(pixel_mask(masks, grid, unit, (h, w)), 0.0)
+    return pixel_mask(masks, grid, unit, (h, w))
+
+
+def zero_patches(x: torch.Tensor, ratio: float, unit: int) -> torch.Tensor:
+    """x with int(L * ratio) random unit x unit patches zeroed per sample (partial edge patches count)."""
+    return x.masked_fill(patch_masks(x, ratio, unit), 0.0)
 
 
 class CNNPatchZero(SubBranch):
@@ -37,4 +42,7 @@ class CNNPatchZero(SubBranch):
         return hasattr(model, "pretrained_cfg") and hasattr(model, "forward_features")
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(zero_patches(x, self.ratio, self.unit))
+        masks = patch_masks(x, self.ratio, self.unit)
+        if self.record_next:
+            self.remember("pixels", x, masks)
+        return model(x.masked_fill(masks, 0.0))

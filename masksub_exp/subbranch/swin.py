@@ -48,9 +48,13 @@ class SwinMaskToken(SubBranch):
         return pixel_mask(masks, grid, self.unit_tokens, (h, w)).permute(0, 2, 3, 1)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        image = x
         x = model.patch_embed(x)  # (B, H, W, C), patch norm applied; timm's Swin has no abs pos embed
         b, h, w, _ = x.shape
-        x = torch.where(self.token_masks(b, h, w, x.device), self.mask_token.to(x.dtype), x)
+        masks = self.token_masks(b, h, w, x.device)
+        if self.record_next:
+            self.remember("blocks", image, masks[..., 0], unit=model.patch_embed.patch_size[0])
+        x = torch.where(masks, self.mask_token.to(x.dtype), x)
         x = model.layers(x)
         x = model.norm(x)
         return model.forward_head(x)

@@ -19,6 +19,14 @@ def drop_tokens(x: torch.Tensor, ratio: float, num_prefix_tokens: int) -> torch.
     return out
 
 
+def dropped_tokens(keep: torch.Tensor | None, batch: int, num_patches: int) -> torch.Tensor:
+    """(B, num_patches) bool, True where a patch token was dropped, from timm's kept indices (None: none)."""
+    dropped = torch.ones(batch, num_patches, dtype=torch.bool, device=keep.device if keep is not None else None)
+    if keep is None:
+        return ~dropped
+    return dropped.scatter(1, keep, False)
+
+
 class ViTTokenDrop(SubBranch):
     """timm VisionTransformer: the main forward with tokens dropped right after `_pos_embed`.
 
@@ -31,9 +39,14 @@ class ViTTokenDrop(SubBranch):
         return isinstance(model, VisionTransformer)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        image = x
         x = model.patch_embed(x)
         x = model._pos_embed(x)
-        x = drop_tokens(x, self.ratio, model.num_prefix_tokens)
+        num_patches = x.shape[1] - model.num_prefix_tokens
+        x, keep = patch_dropout_forward(x, self.ratio, model.num_prefix_tokens, ordered=False, training=True)
+        if self.record_next:
+            self.remember("tokens", image, dropped_tokens(keep, x.shape[0], num_patches),
+                          unit=model.patch_embed.patch_size[0])
         x = model.patch_drop(x)
         x = model.norm_pre(x)
         x = model.blocks(x)
