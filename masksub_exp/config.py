@@ -38,6 +38,9 @@ class ModelConfig:
     drop_path_rate: float | None = None
     drop_rate: float | None = None
     checkpoint: str | None = None  # fine-tune from local weights (a file for timm, a folder for transformers)
+    # globals (module.Name) a weights file may load beyond the allowlist of masksub_exp/safe_load.py: only for
+    # files you trust, since a pickle's globals can run code; a refused file's message names what to list here
+    trust_checkpoint_globals: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("model.library", self.library, ("timm", "transformers"))
@@ -315,6 +318,11 @@ def to_settings(cfg: DictConfig | Settings) -> Settings:
     """Resolve and validate a composed config (raises ConfigError naming the bad key)."""
     if isinstance(cfg, Settings):
         return cfg
+    from .hydra_errors import unknown_keys_in
+
+    unknown = unknown_keys_in(cfg, Settings)  # a `+key=value` the schema lacks: Hydra keeps it, nothing reads it
+    if unknown is not None:
+        raise ConfigError(unknown)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Settings), cfg))
     except ConfigError:

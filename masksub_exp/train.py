@@ -5,32 +5,63 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra_plugins.masksub_launcher.optuna_search import register as register_sweeper
 from hydra_plugins.masksub_launcher.submitit_slurm import register as register_launchers
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoints, hydra_errors
-from .build import batch_plan, build_parts
-from .checkpoints import StorageError, TrainState
+from . import completion, hydra_errors
 from .config import ConfigError, Settings, register_configs, to_settings
-from .data.imagefolder import BadImageError
-from .distributed import DistInfo, DistributedTimeout, collective_failed, init_distributed, is_collective_error
-from .engine import fit
-from .meters import NonFiniteLoss
-from .preemption import StopSignal, in_submitit_job
-from .run_folder import RunLock, check_writable, previous_run, run_id_for
+from .pruning import trial_reporter
+
+if TYPE_CHECKING:
+    from .distributed import DistInfo
+    from .preemption import StopSignal
+
+# Names of the run's modules (torch, timm, transformers and wandb behind them), imported on first use: `--help`,
+# `--cfg`, `--info`, completion, config errors and `plan=true` never build a run, so they must not pay for them
+# (tests/test_startup.py). `masksub_exp.train.fit` etc. still work, and tests may monkeypatch them here.
+_LAZY = {
+    "fit": "engine", "batch_plan": "build", "build_parts": "build", "checkpoints": "", "StorageError": "checkpoints",
+    "TrainState": "checkpoints", "BadImageError": "data.imagefolder", "DistInfo": "distributed",
+    "DistributedTimeout": "distributed", "collective_failed": "distributed", "init_distributed": "distributed",
+    "is_collective_error": "distributed", "NonFiniteLoss": "meters", "StopSignal": "preemption",
+    "in_submitit_job": "preemption", "RunLock": "run_folder", "check_writable": "run_folder",
+    "previous_run": "run_folder", "run_id_for": "run_folder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __package__)
+    value = module if not _LAZY[name] else getattr(module, name)
+    globals()[name] = value  # once: later lookups (and monkeypatch) see a plain module attribute
+    return value
+
+
+def _heavy(name: str) -> Any:
+    """A name of `_LAZY` as this module holds it now (imported on first use, or monkeypatched by a test)."""
+    module = sys.modules.get(__name__)
+    # a submitit job of `python -m masksub_exp.train` runs this function pickled by value: its `__main__` is
+    # submitit's, which holds none of these names
+    return getattr(module, name) if hasattr(module, name) else __getattr__(name)
 
 
 def train(cfg: DictConfig | Settings) -> dict[str, Any]:
     """Validate the config, build the run, resume if its folder holds a checkpoint, train, summarise."""
-    settings = to_settings(cfg)
+    settings = to_settings(cfg)  # config errors end here, before torch is imported
+    from . import checkpoints
+    from .distributed import init_distributed
+    from .run_folder import RunLock, check_writable
+
     dist = init_distributed(settings.train.device, settings.train.dist_timeout_min)
     run_dir = Path(settings.paths.output_dir)
     if dist.is_main:
@@ -50,6 +81,14 @@ def train(cfg: DictConfig | Settings) -> dict[str, Any]:
 
 
 def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[str, Any], StopSignal]:
+    from . import checkpoints
+    from .build import batch_plan, build_parts
+    from .checkpoints import TrainState
+    from .distributed import collective_failed, is_collective_error
+    from .meters import NonFiniteLoss
+    from .preemption import StopSignal
+    from .run_folder import previous_run, run_id_for
+
     payload = previous_run(run_dir, settings)
     if payload is not None:  # another world size or per-process batch: refused before anything is built
         checkpoints.check_layout(payload, dist.world_size, batch_plan(settings, dist.world_size)[0])
@@ -68,7 +107,8 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
     stop = StopSignal(dist.device)
     exit_code = 1
     try:
-        summary = fit(parts, state, stop)
+        # under hydra/sweeper=optuna: report each epoch's held-out top-1 to the study, which may prune the run
+        summary = _heavy("fit")(parts, state, stop, trial_reporter(dist.is_main, str(run_dir)))
         exit_code = 0
     except NonFiniteLoss as exc:
         kept = (f"the last good checkpoint (step {parts.last_saved_step}) is kept in {run_dir / 'checkpoints'}"
@@ -90,16 +130,29 @@ def summary_stopped(summary: dict[str, Any] | None) -> bool:
     return bool(summary) and str(summary["status"]).startswith("stopped")
 
 
-# exception type -> (label, exit code) for the command line; the first match wins
-ERROR_CODES = (
-    (ConfigError, "config error", 2),
-    (FileNotFoundError, "missing file", 2),
-    (NonFiniteLoss, "training stopped", 3),
-    (StorageError, "cannot write", 4),
-    (BadImageError, "bad data", 5),
-    (DistributedTimeout, "distributed", 6),
-)
-EXPECTED_ERRORS = tuple(kind for kind, _, _ in ERROR_CODES)
+def error_codes() -> tuple[tuple[type[BaseException], str, int], ...]:
+    """Exception type -> (label, exit code) for the command line; the first match wins. The run's own error types
+    live in modules that import torch, so they are looked up only when an exception is being reported."""
+    from .checkpoints import StorageError
+    from .data.imagefolder import BadImageError
+    from .distributed import DistributedTimeout
+    from .meters import NonFiniteLoss
+
+    return (
+        (ConfigError, "config error", 2),
+        (FileNotFoundError, "missing file", 2),
+        (NonFiniteLoss, "training stopped", 3),
+        (StorageError, "cannot write", 4),
+        (BadImageError, "bad data", 5),
+        (DistributedTimeout, "distributed", 6),
+    )
+
+
+def expected_error(exc: BaseException) -> tuple[str, int] | None:
+    """(label, exit code) when `exc` is bad input or a failed run, None for a bug (which keeps its traceback)."""
+    if isinstance(exc, ConfigError | FileNotFoundError):  # before any run module is imported: checked first
+        return ("config error", 2) if isinstance(exc, ConfigError) else ("missing file", 2)
+    return next(((label, code) for kind, label, code in error_codes() if isinstance(exc, kind)), None)
 
 
 def register_resolvers() -> None:
@@ -138,19 +191,40 @@ def _minilm_folder() -> Path:
     return minilm_folder()
 
 
+def share_config_store() -> None:
+    """Hydra 1.3.8 deep-copies its config repository for every group it lists (138 times for `--help`, as many
+    for each completion), and with it the ConfigStore singleton that a StructuredConfigSource holds: ~90 ms a
+    copy here, ~12 s per `--help`. Upstream Hydra stopped holding the store (facebookresearch/hydra#2928: the
+    copies were never meant to differ from the live store, and `ConfigStore.load` already hands out deep copies
+    of its nodes), so a deep copy of the singleton is the singleton itself."""
+    from hydra.core.config_store import ConfigStore
+
+    if "__deepcopy__" not in vars(ConfigStore):
+        ConfigStore.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
+
+
 register_configs()
+share_config_store()
 register_resolvers()
 register_launchers()
 register_sweeper()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# absolute: a relative config_path is read as the package `conf`, which only `python -m` run from the repository's
+# root can import; the console script (masksub-train, and so its shell completion) runs from anywhere
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
-    except EXPECTED_ERRORS as exc:  # bad input or a failed run: one clear message, no traceback
-        label, code = next((label, code) for kind, label, code in ERROR_CODES if isinstance(exc, kind))
-        if in_submitit_job():
+    except Exception as exc:
+        known = expected_error(exc)
+        if known is None:
+            raise
+        label, code = known  # bad input or a failed run: one clear message, no traceback
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # preemption.in_submitit_job(), without importing torch
             # the run folder's train.log keeps why this attempt ended (a requeue starts the task's log afresh);
             # submitit pickles the exception and the launcher reports it with the job
             logging.getLogger(__name__).error(f"{label}: {exc}")
@@ -171,15 +245,34 @@ def precheck_output_folders(argv: list[str]) -> None:
         folders.append(os.environ.get("MASKSUB_OUTPUT_ROOT", "outputs"))
     for folder in folders:
         if "$" not in folder:  # interpolations are resolved later, by Hydra
-            check_writable(Path(folder))
+            _probe_writable(Path(folder))
+
+
+def _probe_writable(folder: Path) -> None:
+    """run_folder.check_writable's probe. That module imports torch, so it runs only once this probe has failed,
+    to raise its StorageError with the reason."""
+    probe = folder / f".write-probe.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError:
+        from .run_folder import check_writable
+
+        check_writable(folder)
 
 
 def main() -> None:
     try:
         precheck_output_folders(sys.argv[1:])
-    except StorageError as exc:
+    except OSError as exc:  # run_folder's StorageError
         print(f"cannot write: {exc}", file=sys.stderr, flush=True)
         sys.exit(4)
+    unknown = hydra_errors.check_added_keys(sys.argv[1:], Settings, CONF_DIR)
+    if unknown is not None:  # Hydra would add the key where nothing reads it: a misspelt `+key` loses a sweep
+        print(f"config error: {unknown}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    completion.install()  # `experiment=` also completes the presets in sub-folders (`experiment=swin/t`)
     hydra_errors.install()  # Hydra's compose errors: one line, exit 2 (HYDRA_FULL_ERROR=1: Hydra's full trace)
     try:
         _hydra_main()

@@ -126,3 +126,98 @@ def test_no_slurm_on_the_machine_is_one_line(cli_env: dict, tmp_path: Path) -> N
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and "no SLURM here" in lines[0], proc.stderr[-2000:]
     assert "hydra/launcher=local" in lines[0]
+
+
+# --- completion, unknown keys, `--cfg hydra --resolve`, every command's --help ----------------------------------
+
+COMPLETE = """
+eval "$(masksub-train -sc install=bash)"
+for line in "masksub-train experiment=de" "masksub-train experiment=swin/" "masksub-train masksub=" \\
+            "masksub-train masksub.r" "masksub-train hydra/launcher=slurm_c"; do
+    COMP_LINE="$line"; COMP_POINT=${#line}; read -ra COMP_WORDS <<< "$line"; COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+    COMPREPLY=(); hydra_bash_completion
+    echo "$line -> ${COMPREPLY[*]}"
+done
+"""
+
+
+def test_bash_completion_of_the_console_script_lists_presets_options_and_keys(cli_env: dict, tmp_path: Path) -> None:
+    """Hydra's own bash function (what TAB runs), sourced from `masksub-train -sc install=bash`, outside the repo."""
+    env = {**cli_env, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{cli_env['PATH']}"}
+    proc = subprocess.run(["bash", "-c", COMPLETE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = dict(line.split(" -> ") for line in proc.stdout.splitlines())
+    got = {line.split(" ", 1)[1]: set(words.split()) for line, words in got.items()}
+    assert {"experiment=demo", "experiment=deit3/vit_b_400ep", "experiment=deit3_ft/vit_l"} <= got["experiment=de"]
+    assert "experiment=smoke" not in got["experiment=de"]
+    assert got["experiment=swin/"] == {"experiment=swin/b", "experiment=swin/s", "experiment=swin/t"}
+    assert got["masksub="] == {"masksub=off", "masksub=mask", "masksub=droppath", "masksub=dropout"}
+    assert got["masksub.r"] == {"masksub.ratio="}
+    assert got["hydra/launcher=slurm_c"] == {"hydra/launcher=slurm_cpu"}
+
+
+def test_completion_query_under_python_m(cli_env: dict) -> None:
+    line = "masksub-train experiment=sm"
+    proc = run_cli(["-sc", "query=bash"], {**cli_env, "COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert proc.returncode == 0 and proc.stdout.split() == ["experiment=smoke"], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args", [["-sc", "install=tcsh"], ["-sc", "install=bash", "query=bash"]])
+def test_a_bad_completion_request_is_one_line(cli_env: dict, args: list[str]) -> None:
+    proc = run_cli(args, cli_env)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("usage error:"), proc.stderr[-2000:]
+    assert "bash fish zsh" in lines[0] if "tcsh" in args[1] else "install" in lines[0]
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("+foo=1", "+foo=1: foo is not a key of the config (top-level keys are: model, data, recipe"),
+    ("+train.max_step=3", "+train.max_step=3: train.max_step is not a key of the config; nearest known keys: "
+                          "train.max_steps"),
+    ("++trian.epochs=3", "nearest known keys: train.epochs"),
+    ("+foo/bar=x", "foo/bar is not a key of the config"),
+    ("+masksub=nope", "masksub=nope: no such option; masksub options: dropout, droppath, mask, off"),
+])
+def test_added_keys_the_schema_lacks_are_refused(cli_env: dict, tmp_path: Path, override: str, expected: str) -> None:
+    for mode in (["--cfg", "job"], [f"hydra.run.dir={tmp_path}", "train.max_steps=1"]):  # inspected, or run
+        proc = run_cli(["experiment=smoke", override, *mode], cli_env)
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+        assert lines[0].startswith("config error: ") and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_added_keys_the_schema_takes_still_work(cli_env: dict) -> None:
+    import yaml
+
+    proc = run_cli(["experiment=smoke", "+model.kwargs.qkv_bias=false", "--cfg", "job"], cli_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert yaml.safe_load(proc.stdout)["model"]["kwargs"]["qkv_bias"] is False
+
+
+def test_cfg_hydra_resolve_shows_the_run_folders(cli_env: dict) -> None:
+    import yaml
+
+    env = {k: v for k, v in cli_env.items() if k != "MASKSUB_OUTPUT_ROOT"}
+    proc = run_cli(["experiment=smoke", "seed=3", "--cfg", "hydra", "--resolve"], env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["hydra"]["run"]["dir"] == "outputs/smoke/runs/seed=3" and "${" not in proc.stdout
+    proc = run_cli(["experiment=smoke", "name=${nope}", "--cfg", "hydra", "--resolve"], env)  # cannot resolve
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "Interpolation key 'nope' not found" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("module,options", [
+    ("masksub_exp.results", ["--plan", "--tiny", "--seeds", "--launcher {slurm,local}", "--only", "--report-only",
+                             "--out"]),
+    ("masksub_exp.tools.report", ["python -m masksub_exp.tools.report", "--wandb ENTITY/PROJECT", "--group",
+                                  "--out", "--metric", "hydra/sweeper=optuna"]),
+    ("masksub_exp.tools.prepare", ["python -m masksub_exp.tools.prepare", "src", "dst", "--short-side",
+                                   "--quality", "--workers", "data.root=DST"]),
+])
+def test_every_command_help_lists_its_modes_and_options(cli_env: dict, module: str, options: list[str]) -> None:
+    proc = subprocess.run([PYTHON, "-m", module, "--help"], cwd=ROOT, env=cli_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    missing = [option for option in options if option not in proc.stdout]
+    assert not missing, f"{module} --help lacks {missing}:\n{proc.stdout}"

@@ -72,6 +72,24 @@ def test_misspelt_key_fails_at_compose_naming_it(override: str, key: str, tmp_pa
     assert key in str(info.value) + str(info.value.__cause__)
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("+train.max_step=3", "train.max_step is not a key of the config; nearest known keys: train.max_steps"),
+    ("+foo=1", "foo is not a key of the config (top-level keys are: model, data"),
+    ("+data.holdot=5", "data.holdot is not a key of the config; nearest known keys: data.holdout"),
+])
+def test_added_keys_the_schema_lacks_fail_validation(override: str, expected: str, tmp_path: Path) -> None:
+    """Hydra composes a `+key` the schema lacks; train() and the launcher's check refuse it (not silently ignored)."""
+    cfg = compose_cfg(["experiment=smoke", override], tmp_path / "run")
+    with pytest.raises(ConfigError) as info:
+        to_settings(cfg)
+    assert expected in str(info.value)
+
+
+def test_added_keys_under_a_mapping_pass_validation(tmp_path: Path) -> None:
+    settings = to_settings(compose_cfg(["experiment=smoke", "+model.kwargs.qkv_bias=false"], tmp_path / "run"))
+    assert settings.model.kwargs["qkv_bias"] is False
+
+
 def test_wrong_type_fails_at_compose(tmp_path: Path) -> None:
     with pytest.raises(ConfigCompositionException) as info:
         compose_cfg(["masksub.ratio=half"], tmp_path / "run")

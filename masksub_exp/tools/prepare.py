@@ -121,12 +121,15 @@ def prepare(src: Path, dst: Path, *, short_side: int = 288, quality: int = 90, w
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path)
-    parser.add_argument("dst", type=Path)
-    parser.add_argument("--short-side", type=int, default=288)
-    parser.add_argument("--quality", type=int, default=90)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser = argparse.ArgumentParser(prog="python -m masksub_exp.tools.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", type=Path, help="an ImageFolder: split folders (train/, val/, ...) of class folders")
+    parser.add_argument("dst", type=Path, help="the resized copy (re-running resumes it; train with data.root=DST)")
+    parser.add_argument("--short-side", type=int, default=288, help="resize images whose shorter side is longer "
+                        "to this many pixels (default 288)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of resized files (default 90)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes that resize at once (default: all CPU cores)")
     args = parser.parse_args(argv)
     try:
         manifest = prepare(args.src, args.dst, short_side=args.short_side, quality=args.quality, workers=args.workers)

@@ -257,13 +257,20 @@ def report(folders: list[Path], out: Path, metric: str = "top1", extra_runs: lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="*", type=Path, help="sweep or run folders")
+    # the whole docstring: its usage lines are the command's modes (local folders, W&B)
+    parser = argparse.ArgumentParser(
+        prog="python -m masksub_exp.tools.report", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A search's sweep folder (hydra/sweeper=optuna) also gets its trials, the best parameters and\n"
+               "top-1 against each searched parameter (from <sweep>/searches/*.json).")
+    parser.add_argument("folders", nargs="*", type=Path, help="sweep or run folders (every folder below them "
+                        "with a summary.json is a run)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from W&B (online)")
     parser.add_argument("--group", help="with --wandb: only this group (a sweep)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go "
                         "(default: <first folder>/report)")
-    parser.add_argument("--metric", default="top1", help="summary key to compare (top1, top5, ema_top1)")
+    parser.add_argument("--metric", default="top1", help="summary key to compare: top1 (default), top5, ema_top1, "
+                        "ema_top5")
     args = parser.parse_args(argv)
     if not args.folders and not args.wandb:
         parser.error("give run or sweep folders, or --wandb ENTITY/PROJECT")
