@@ -79,6 +79,7 @@ def run_cli(args: list[str], env: dict, timeout: int = 180) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # 43 command-line starts (~150 s of imports, 2 at a time)
 def test_bad_inputs_fail_fast_with_one_clear_message(tmp_path: Path, cli_env: dict) -> None:
     assert len(BAD_INPUTS) >= 40
 

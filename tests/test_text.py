@@ -107,19 +107,20 @@ def test_sentence_pairs_get_two_segments(tmp_path: Path, tok: PreTrainedTokenize
     assert not types[:first_sep + 1].any() and types[first_sep + 1:].all()
 
 
-def test_table_errors(tmp_path: Path) -> None:
-    (tmp_path / "bad.csv").write_text("review,stars\nnice,5\n")
-    with pytest.raises(ValueError, match="label.*found.*review"):
-        read_text_table(tmp_path / "bad.csv")
-    (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(ValueError, match="unsupported"):
-        read_text_table(tmp_path / "x.txt")
-    (tmp_path / "short.jsonl").write_text('{"text": "a", "label": 0}\n{"label": 1}\n')
-    with pytest.raises(ValueError, match="row 2 has no text"):
-        read_text_table(tmp_path / "short.jsonl")
-    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 0}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2"):
-        read_text_table(tmp_path / "bad.jsonl")
+@pytest.mark.parametrize("name,content,message", [
+    ("bad.csv", "review,stars\nnice,5\n", "label.*found.*review"),
+    ("x.txt", "hi", "unsupported"),
+    ("short.jsonl", '{"text": "a", "label": 0}\n{"label": 1}\n', "row 2 has no text"),
+    ("bad.jsonl", '{"text": "a", "label": 0}\n{oops\n', "line 2"),
+])
+def test_table_errors(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_text_table(tmp_path / name)
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("review,stars\nnice,5\n")  # a table, but no train split
     if importlib.util.find_spec("datasets") is None:
         with pytest.raises(ModuleNotFoundError, match="pip install datasets"):
             read_text_table(tmp_path)
