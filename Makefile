@@ -39,9 +39,9 @@ results-tiny: setup data
 	@set -e; if ! sinfo -h >/dev/null 2>&1; then out=$$(launchers/slurm-local up); eval "$$out"; fi; \
 	$(BIN)/python -m masksub_exp.results --tiny $(RESULTS_ARGS)
 
-# pytest-xdist: 3 workers on 2 cores (many tests wait on a subprocess or a SLURM job); each SLURM cluster's
-# tests stay in one worker (xdist_group, tests/conftest.py). XDIST= runs them one by one.
-XDIST ?= -n 3 --dist loadgroup
+# pytest-xdist: each SLURM cluster's tests run in one worker (tests/parallel.py), which mostly waits on its
+# jobs; so 4 workers on the 2 cores: two for the clusters, two for the rest. XDIST= runs them one by one.
+XDIST ?= -n 4 --dist loadgroup
 test: setup data
 	$(BIN)/python -m pytest $(XDIST)
 	$(BIN)/ruff check masksub_exp tests launchers

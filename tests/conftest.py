@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,16 +76,41 @@ def cli_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 UP_LOCK = Path(tempfile.gettempdir()) / "masksub-slurm-local-up.lock"
+_UP_LOCK_HELD: list = []
+
+
+@contextmanager
+def up_lock() -> Iterator[None]:
+    """One machine-wide lock for `launchers/slurm-local up`: xdist workers (and other test sessions) reach their
+    first SLURM test together, and two `up`s at once race on apt, munged and the daemons' pid files."""
+    if _UP_LOCK_HELD:  # re-entered (a test holding it asks for a cluster fixture): flock would wait on itself
+        yield
+        return
+    with open(UP_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        _UP_LOCK_HELD.append(lock)
+        try:
+            yield
+        finally:
+            _UP_LOCK_HELD.pop()
 
 
 def slurm_local_up(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`launchers/slurm-local up ARGS` under one machine-wide lock: xdist workers (and other test sessions) reach
-    their first SLURM test together, and two `up`s at once race on apt, munged and the daemons' pid files. The
-    second `up` then finds the cluster healthy and returns in about a second."""
-    with open(UP_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    """`launchers/slurm-local up ARGS` under the lock; the second `up` finds the cluster healthy in a second."""
+    with up_lock():
         return subprocess.run([str(ROOT / "launchers" / "slurm-local"), "up", *args], capture_output=True,
                               text=True, timeout=600, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _own_clusters_under_the_up_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that runs slurm-local itself on its own root (tests/test_slurm_local.py) holds the `up` lock
+    throughout, so that its `up`s and `down`s never race a fixture's `up` in another xdist worker."""
+    if request.node.path.stem not in parallel.OWN_CLUSTER_MODULES:
+        yield
+        return
+    with up_lock():
+        yield
 
 
 @pytest.fixture(scope="session")

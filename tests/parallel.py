@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from xdist.scheduler import LoadGroupScheduling
 
 CLUSTER_GROUPS = {"slurm_env": "slurm-1node", "multinode_slurm_env": "slurm-2node"}
+# modules whose tests bring up and down clusters of their own (own roots and ports) with launchers/slurm-local:
+# conftest.py holds the machine-wide `up` lock while each of them runs
+OWN_CLUSTER_MODULES = {"test_slurm_local"}
 
 
 @functools.cache

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, UP_LOCK, up_lock
 from .parallel import check_groups, cluster_group, make_scheduler
 
 pytestmark = pytest.mark.fast
@@ -37,3 +39,12 @@ def test_a_cluster_reached_through_another_fixture_is_refused(request: pytest.Fi
     item.fixturenames = [*item.fixturenames, "slurm_env"]  # as if a fixture it takes asked for the cluster
     with pytest.raises(pytest.UsageError, match="through another fixture"):
         check_groups(ROOT, [item])
+
+
+def test_the_up_lock_keeps_other_processes_out_until_released() -> None:
+    try_lock = ["flock", "--nonblock", str(UP_LOCK), "true"]  # util-linux: exit 1 when the lock is held
+    with up_lock():
+        with up_lock():  # re-entered in this process: no wait on itself
+            assert subprocess.run(try_lock).returncode == 1
+        assert subprocess.run(try_lock).returncode == 1  # the inner exit kept it
+    assert subprocess.run(try_lock).returncode == 0
