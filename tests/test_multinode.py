@@ -12,6 +12,8 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -127,29 +129,34 @@ def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_six_steps(sweep_dir: Path) -> Path:
-    """The job's run folder, once it has logged 6 steps (a checkpoint at step 4 is on disk)."""
-    run = wait_until(lambda: next((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                                  None), 120, "the run folder")
-    wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
-    return run
+@contextmanager
+def node_loss_job(env: dict[str, str], sweep_dir: Path, name: str,
+                  train_size: int) -> Iterator[tuple[list[str], subprocess.Popen, Path]]:
+    """A node-loss test's job, started: its command, its launcher and its run folder once it has logged 6 steps
+    (a checkpoint at step 4 is on disk). On the way out, whatever happened, the launcher is killed and the cluster
+    brought up again: no node is left down for the next test (a healthy cluster's `up` takes a second)."""
+    cmd = node_loss_sweep(sweep_dir, name, train_size=train_size)
+    launcher = start(cmd, env)
+    try:
+        run = wait_until(lambda: next((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                                      None), 120, "the run folder")
+        wait_until(lambda: len(train_steps(run)) >= 6, 120, "6 steps (a checkpoint at step 4)")
+        yield cmd, launcher, run
+    finally:
+        launcher.kill()
+        slurm_local_up(env, "--nodes", "2")
 
 
 def test_lost_node_fails_the_job_clearly_within_the_timeout_and_a_rerun_resumes(multinode_slurm_env: dict,
                                                                                tmp_path: Path) -> None:
     env = multinode_slurm_env
-    cmd = node_loss_sweep(tmp_path, "lost", train_size=2048)
-    launcher = start(cmd, env)
-    try:
-        run = wait_for_six_steps(tmp_path)
+    with node_loss_job(env, tmp_path, "lost", train_size=2048) as (cmd, launcher, run):
         victims = rank_processes("node2")
         assert victims, "no training process found on node2"
         lost_at = time.monotonic()
         subprocess.run(["kill", "-9", *map(str, victims)], check=True)  # node2's rank dies at once
         out, err = launcher.communicate(timeout=180)
         reported_after = time.monotonic() - lost_at
-    finally:
-        launcher.kill()
     assert launcher.returncode != 0
     text = out + err
     # srun ends the whole step when a task is killed, so rank 0 does not even wait for its 30 s timeout
@@ -171,10 +178,7 @@ def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_re
     after SlurmdTimeout (20 s on this cluster), ends the job as NODE_FAIL and requeues it; once the node is back
     the requeued job runs on both nodes again and resumes from the last checkpoint."""
     env = multinode_slurm_env
-    cmd = node_loss_sweep(tmp_path, "crash", train_size=8192)
-    launcher = start(cmd, env)
-    try:
-        run = wait_for_six_steps(tmp_path)
+    with node_loss_job(env, tmp_path, "crash", train_size=8192) as (_, launcher, run):
         survivors = rank_processes("node1")
         node2 = subprocess.run(["ip", "netns", "pids", "msn-node2"], capture_output=True, text=True).stdout.split()
         assert survivors and len(node2) >= 3, (survivors, node2)  # slurmd, slurmstepd, the rank (at least)
@@ -198,9 +202,6 @@ def test_a_crashed_node_is_declared_down_and_the_requeued_job_resumes_when_it_re
         # the node comes back (on a real cluster SLURM would start the requeued job on another node)
         slurm_local_up(env, "--nodes", "2").check_returncode()
         out, err = launcher.communicate(timeout=300)
-    finally:
-        launcher.kill()
-        slurm_local_up(env, "--nodes", "2")  # never leave node2 down for other tests
     assert rank0_ended < 30, f"rank 0 took {rank0_ended:.0f} s (train.dist_timeout_min: 30 s) to end after the crash"
     print(f"rank 0 ended {rank0_ended:.1f} s after the crash; NODE_FAIL after {noticed:.1f} s; node2 {node_state}")
     assert node_state.startswith("down") and queued, node_state
