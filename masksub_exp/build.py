@@ -21,6 +21,7 @@ from .distributed import AllReduceCounter, DistInfo
 from .losses import RecipeLoss, build_loss
 from .models import MaskSubModel, build_model, compile_network, is_token_model
 from .optim import build_optimizer, build_scheduler, effective_lr
+from .pretrained import check_pretrained_file
 from .sinks import Sinks, build_sinks
 from .step import Precision
 
@@ -148,6 +149,7 @@ def build_parts(settings: Settings, dist: DistInfo, run_dir: Path, *, resumed_st
     seed_everything(settings.seed + dist.rank)
     t = settings.train
     precision = build_precision(t.precision, dist.device)  # checks first: nothing is built on a bad config
+    check_pretrained_file(settings.model)  # a missing or refused model.checkpoint (safe_load.py) fails here
     batch_size, plan = batch_plan(settings, dist.world_size)
     plan += f"; {describe_precision(t.precision, dist.device.type)}" + (f"; torch.compile ({t.compile_mode})"
                                                                         if t.compile else "")

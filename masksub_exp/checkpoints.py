@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, Settings
+from .safe_load import safe_torch_load
 
 FORMAT_VERSION = 1
 
@@ -36,6 +38,7 @@ def config_hash(settings: Settings) -> str:
     for key in ("max_steps", "log_every", "ckpt_every", "eval_every", "resume", "progress", "device", "compile",
                 "compile_mode", "channels_last", "count_allreduce", "dist_timeout_min", "mask_preview"):
         d["train"].pop(key, None)
+    d["model"].pop("trust_checkpoint_globals", None)  # what a file may load, not what the run computes
     d["data"].pop("num_workers")
     d["data"].pop("pin_memory")
     if not d["data"].get("batch_augment"):  # off: hash as before the key existed
@@ -111,12 +114,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """The checkpoint, its tensors memory-mapped from the file (mmap=True): every rank of a node shares the
     page cache instead of holding its own copy, and pages are read only when a state dict is loaded.
-    Drop the payload after `restore_payload` (an atomic save replaces the file; the mapping stays valid)."""
-    # weights_only=False: our own checkpoints hold RNG states and numpy objects
-    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    Drop the payload after `restore_payload` (an atomic save replaces the file; the mapping stays valid).
+
+    Read with weights_only=True: a run folder may sit on a shared file system, so a planted file must not
+    run code. Our format needs only the allowlist's numpy arrays (numpy's RNG state) beyond tensors and
+    plain values; anything else is refused in one line (UnsafeCheckpointError) unless `trusted` names it."""
+    payload = safe_torch_load(path, label=str(path), trusted=trusted, mmap=True, resume=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a masksub-exp checkpoint (format {FORMAT_VERSION})")
     return payload

@@ -38,6 +38,9 @@ class ModelConfig:
     drop_path_rate: float | None = None
     drop_rate: float | None = None
     checkpoint: str | None = None  # fine-tune from local weights (a file for timm, a folder for transformers)
+    # globals (module.Name) a weights file may load beyond the allowlist of masksub_exp/safe_load.py: only for
+    # files you trust, since a pickle's globals can run code; a refused file's message names what to list here
+    trust_checkpoint_globals: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("model.library", self.library, ("timm", "transformers"))

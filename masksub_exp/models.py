@@ -66,7 +66,8 @@ def build_network(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     except TypeError as exc:  # an argument the architecture does not take
         raise ConfigError(f"model.kwargs for {model_cfg.name}: {exc}") from exc
     if model_cfg.checkpoint is not None:
-        load_pretrained(net, model_cfg.checkpoint, log=lambda line: print(line, file=sys.stderr, flush=True))
+        load_pretrained(net, model_cfg.checkpoint, log=lambda line: print(line, file=sys.stderr, flush=True),
+                        trusted=model_cfg.trust_checkpoint_globals)
     return net
 
 

@@ -7,6 +7,11 @@ or a plain state dict. Foreign layouts are converted by timm's own per-architect
 embeddings and patch kernels to the net's input size. The classifier always starts fresh, as in the
 fine-tuning recipes, and every other key must match: a silent partial load would fine-tune mostly
 random weights.
+
+Files are read without running their code (masksub_exp/safe_load.py): torch's weights_only unpickler
+with a named allowlist, TorchScript archives through an inert reader, `model.trust_checkpoint_globals`
+for anything else in a file the user trusts. `check_pretrained_file` refuses a file before anything of
+the run is built.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, ModelConfig
+from .safe_load import check_file, is_torchscript_archive, load_torchscript_weights, safe_torch_load
 
 # keys under which checkpoints nest the weights, in order of preference: "model" wins over
 # "model_ema"/"ema" because fine-tuning recipes (MAE, DeiT) start from the online weights
@@ -50,7 +56,7 @@ class LoadReport:
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    # a whole pickled / TorchScript module (OpenAI's CLIP releases are TorchScript archives)
+    # a whole pickled module (only loads when its classes are listed in model.trust_checkpoint_globals)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     while isinstance(obj, Mapping):
@@ -69,17 +75,39 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights in a .pt/.pth/.bin/.safetensors file, unwrapped from their container, on the CPU."""
+def _existing(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.checkpoint={path}: no such file (checkpoints are read locally, not downloaded)")
+    return path
+
+
+def check_pretrained_file(model_cfg: ModelConfig) -> None:
+    """Refuse a missing `model.checkpoint` file, or one that needs a global outside the allowlist, before the
+    run builds anything (its pickle's opcodes are read; nothing is unpickled). BERT folders are read by
+    transformers (safetensors, or torch.load with weights_only=True)."""
+    if model_cfg.library != "timm" or model_cfg.checkpoint is None:
+        return
+    path = _existing(model_cfg.checkpoint)
+    if path.suffix != ".safetensors":
+        check_file(path, label=f"model.checkpoint={path}", trusted=model_cfg.trust_checkpoint_globals)
+
+
+def load_state_dict_file(path: str | Path, trusted: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """The model weights in a .pt/.pth/.bin/.safetensors file, unwrapped from their container, on the CPU.
+
+    No code of the file runs: pickles load with weights_only=True and the allowlist of safe_load (plus
+    `trusted`, the names in model.trust_checkpoint_globals); a TorchScript archive (OpenAI CLIP) gives the
+    tensors of its module tree without being compiled or run."""
+    path = _existing(path)
+    label = f"model.checkpoint={path}"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return _unwrap(load_file(str(path), device="cpu"), path)
-    # weights_only=False: our own checkpoints and MAE's hold argparse namespaces and numpy scalars
-    return _unwrap(torch.load(path, map_location="cpu", weights_only=False), path)
+    if is_torchscript_archive(path):
+        return _unwrap(load_torchscript_weights(path, label=label, trusted=trusted), path)
+    return _unwrap(safe_torch_load(path, label=label, trusted=trusted), path)
 
 
 def _classifier_names(net: nn.Module) -> list[str]:
@@ -124,15 +152,17 @@ def _convert(net: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return sd
 
 
-def load_pretrained(net: nn.Module, path: str | Path, *, log: Callable[[str], Any] = print) -> LoadReport:
+def load_pretrained(net: nn.Module, path: str | Path, *, log: Callable[[str], Any] = print,
+                    trusted: Sequence[str] = ()) -> LoadReport:
     """Initialise `net` (a timm model) from the local checkpoint at `path`, with a fresh classifier.
 
     Raises PretrainedError (a ConfigError) when a key other than the expected differences is missing
     or unexpected, or when a shape differs: head keys (always re-initialised), `fc_norm` when the file
-    only has `norm` (MAE fine-tuning), MAE decoder / mask token, CLIP text tower.
+    only has `norm` (MAE fine-tuning), MAE decoder / mask token, CLIP text tower. `trusted`: globals
+    the file may load beyond the allowlist (model.trust_checkpoint_globals).
     """
     path = Path(path).expanduser()
-    sd = _convert(net, load_state_dict_file(path))
+    sd = _convert(net, load_state_dict_file(path, trusted))
     heads = _classifier_names(net)
     dropped = sorted(k for k in sd if _under(k, heads))
     sd = {k: v for k, v in sd.items() if k not in dropped}

@@ -30,7 +30,7 @@ def previous_run(run_dir: Path, settings: Settings) -> dict[str, Any] | None:
                 shutil.move(str(run_dir / name), str(aside / name))
         print(f"train.resume=never: moved the previous run's files to {aside}", file=sys.stderr)
         return None
-    payload = checkpoints.load(ckpt)
+    payload = checkpoints.load(ckpt, trusted=settings.model.trust_checkpoint_globals)  # weights_only: runs no code
     if payload["config_hash"] != checkpoints.config_hash(settings):
         raise ConfigError(
             f"{ckpt} was written by a run with a different configuration; resuming it would mix two runs. "

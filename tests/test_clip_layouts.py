@@ -65,3 +65,41 @@ def test_the_wrong_activation_is_visible(tmp_path: Path) -> None:
     with torch.no_grad():
         gap = (pooled(net, x) - ref(x)).abs().max().item()
     assert gap > 1e-3, f"GELU and QuickGELU towers agree to {gap}: the comparison above could not tell them apart"
+
+
+def test_openai_torchscript_archive_loads_without_running_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's CLIP releases are TorchScript archives: a tiny CLIP in that layout (open_clip's model, scripted
+    and saved as OpenAI did) gives the tensors torch.jit.load would give, and the timm tower built from them
+    computes open_clip's pooled features; torch.jit.load is never called by the loader."""
+    import timm
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from masksub_exp.pretrained import load_pretrained, load_state_dict_file
+    from masksub_exp.safe_load import is_torchscript_archive, load_torchscript_weights
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=16, quick_gelu=True,
+                           vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32),
+                           text_cfg=CLIPTextCfg(context_length=8, vocab_size=10, width=32, heads=2, layers=1)).eval()
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.script(model).save(str(path))
+    assert is_torchscript_archive(path)
+    reference = torch.jit.load(str(path)).state_dict()  # the test may run it: it wrote the archive itself
+
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the loader called torch.jit.load")
+
+    monkeypatch.setattr(torch.jit, "load", tripwire)
+    got = load_torchscript_weights(path, label="model.checkpoint")
+    assert got.keys() == reference.keys() and "visual.transformer.resblocks.1.attn.in_proj_weight" in got
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert load_state_dict_file(path).keys() == got.keys()
+
+    net = timm.create_model("vit_base_patch16_clip_quickgelu_224", pretrained=False, img_size=32, patch_size=8,
+                            embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    load_pretrained(net, path, log=lambda _: None)
+    visual = model.visual
+    visual.proj = None  # pooled features: ln_post of the class token, before CLIP's projection
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(net, x), visual(x), rtol=0, atol=1e-5)

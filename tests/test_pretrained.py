@@ -236,7 +236,7 @@ def test_missing_file_names_the_key_and_the_path(tmp_path: Path) -> None:
         load_pretrained(vit(num_classes=0), path)
 
 
-def test_safetensors_and_torchscript_files_are_read(tmp_path: Path) -> None:
+def test_safetensors_and_torchscript_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import save_file
 
     lin = nn.Linear(2, 3)
@@ -244,10 +244,15 @@ def test_safetensors_and_torchscript_files_are_read(tmp_path: Path) -> None:
     got = load_state_dict_file(tmp_path / "w.safetensors")
     assert got.keys() == {"weight", "bias"} and torch.equal(got["weight"], lin.weight)
 
-    # OpenAI's CLIP .pt releases are TorchScript archives; torch.load hands back the scripted module
+    # OpenAI's CLIP .pt releases are TorchScript archives: their weights come out without torch.jit.load,
+    # which would compile and run the archive's code (a tripwire, not a mock: nothing may call it)
     torch.jit.script(lin).save(str(tmp_path / "jit.pt"))
-    with pytest.warns(UserWarning):
-        got = load_state_dict_file(tmp_path / "jit.pt")
+
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.jit.load ran the archive")
+
+    monkeypatch.setattr(torch.jit, "load", tripwire)
+    got = load_state_dict_file(tmp_path / "jit.pt")
     assert got.keys() == {"weight", "bias"} and torch.equal(got["bias"], lin.bias)
 
 
