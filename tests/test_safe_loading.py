@@ -200,3 +200,25 @@ def test_cli_refuses_a_malicious_file_in_one_line(tmp_path: Path, cli_env: dict,
     assert lines[0].startswith("config error: ") and all(part in lines[0] for part in expected), lines[0]
     assert evil.read_bytes() == before  # the file is left as it was, for whoever investigates
     assert not (run / "metrics.jsonl").exists() and "global batch" not in proc.stderr  # nothing was built
+
+
+def test_trust_reaches_the_resume_and_leaves_the_run_identity_alone(tmp_path: Path) -> None:
+    """model.trust_checkpoint_globals applies to the run's own last.pt too, and is not part of the config
+    hash: adding it to a command never stops that command's run from resuming."""
+    from masksub_exp.config import to_settings
+    from masksub_exp.run_folder import previous_run
+
+    from .conftest import compose_cfg, smoke_overrides
+
+    plain = to_settings(compose_cfg(smoke_overrides(), tmp_path))
+    trust = "model.trust_checkpoint_globals=[datetime.date]"
+    trusting = to_settings(compose_cfg([*smoke_overrides(), trust], tmp_path))
+    assert trusting.model.trust_checkpoint_globals == ["datetime.date"]
+    assert checkpoints.config_hash(plain) == checkpoints.config_hash(trusting)
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"format": checkpoints.FORMAT_VERSION, "config_hash": checkpoints.config_hash(plain),
+                "saved_on": datetime.date(2026, 12, 2)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"needs datetime\.date,.*globals=\[datetime\.date\]"):
+        previous_run(tmp_path, plain)
+    assert previous_run(tmp_path, trusting)["saved_on"] == datetime.date(2026, 12, 2)
