@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +157,12 @@ def train_epoch(p: Parts, state: TrainState, max_steps: int, meter: LossMeter, s
     return "done"
 
 
-def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str, Any]:
-    """Train from `state` to the end, to train.max_steps or to a stop signal; returns the summary."""
+def fit(p: Parts, state: TrainState, stop: StopSignal | None = None,
+        on_eval: Callable[[int, dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+    """Train from `state` to the end, to train.max_steps or to a stop signal; returns the summary.
+
+    `on_eval(epoch, eval record)` runs on every rank after each epoch-end eval and save that leaves training to
+    do (an Optuna trial reports there, masksub_exp/pruning.py); "stop" ends the run there as `pruned`."""
     t = p.settings.train
     max_steps = min(p.total_steps, t.max_steps or p.total_steps)
     finished = finished_summary(p.run_dir, state.step) if state.step >= max_steps else None
@@ -193,6 +198,10 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
             last_eval = evaluate_all(p, state, timing)
         save_checkpoint(p, state, meter)
+        if (on_eval is not None and last_eval.get("step") == state.step and state.step < max_steps
+                and on_eval(state.epoch, last_eval) == "stop"):
+            outcome = "pruned"  # the checkpoint just saved is kept; the summary says so
+            break
     if stop is not None:
         stop.drain()  # the last step's flag all-reduce, if one is in flight
     if outcome == "stop":
@@ -202,7 +211,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         last_eval = evaluate_all(p, state)
         save_checkpoint(p, state, meter)
     summary = {
-        "status": (f"stopped by {stop.name}" if outcome == "stop" and stop else
+        "status": (f"stopped by {stop.name}" if outcome == "stop" and stop else "pruned" if outcome == "pruned" else
                    "complete" if state.step >= p.total_steps else "capped by train.max_steps"),
         "name": p.settings.name,
         "model": p.settings.model.name,
@@ -226,7 +235,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None) -> dict[str
         **({"grad_allreduces": p.allreduce_counter.calls} if p.allreduce_counter else {}),
         **({"amp_skipped_steps": meter.amp_skips_total // p.dist.world_size} if p.precision.scaler else {}),
         **{k: v for k, v in last_eval.items() if k not in ("kind", "step", "epoch", "epoch_train_s")},
-        **(evaluate_test(p, state) if outcome != "stop" else {}),
+        **(evaluate_test(p, state) if outcome not in ("stop", "pruned") else {}),
     }
     if p.dist.is_main and outcome != "stop":  # a stopped run's summary would look final: write none
         write_json(p.run_dir / "summary.json", summary)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import completion, hydra_errors
 from .config import ConfigError, Settings, register_configs, to_settings
+from .pruning import trial_reporter
 
 if TYPE_CHECKING:
     from .distributed import DistInfo
@@ -106,7 +107,8 @@ def _train_in(run_dir: Path, settings: Settings, dist: DistInfo) -> tuple[dict[s
     stop = StopSignal(dist.device)
     exit_code = 1
     try:
-        summary = _heavy("fit")(parts, state, stop)
+        # under hydra/sweeper=optuna: report each epoch's held-out top-1 to the study, which may prune the run
+        summary = _heavy("fit")(parts, state, stop, trial_reporter(dist.is_main, str(run_dir)))
         exit_code = 0
     except NonFiniteLoss as exc:
         kept = (f"the last good checkpoint (step {parts.last_saved_step}) is kept in {run_dir / 'checkpoints'}"
