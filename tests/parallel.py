@@ -1,4 +1,4 @@
-"""How `make test` spreads the suite over pytest-xdist workers (`-n 3 --dist loadgroup`; hooks in conftest.py).
+"""How `make test` spreads the suite over pytest-xdist workers (`-n 4 --dist loadgroup`; hooks in conftest.py).
 
 The tests of one SLURM cluster run in one worker, one after another: they share its 8 declared CPUs and its
 queue, and the node-loss tests take a node down. The two clusters (one node, two nodes) run beside each other.
