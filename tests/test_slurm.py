@@ -94,7 +94,7 @@ def assert_two_ranks_match_one_process(run: Path, reference: Path) -> float:
 
 
 PREEMPT_ARGS = ["experiment=smoke", "model=vit_fmnist", "data.img_size=28", "data.synthetic_train_size=2048",
-                "train.batch_size=32", "train.epochs=3", "train.log_every=1"]
+                "train.batch_size=32", "train.epochs=2", "train.log_every=1"]  # 128 steps: a preemption at 15
 
 
 def preempt_one_of_twins(submit, args: list[str], env: dict[str, str], sweep_dir: Path, steps: int,
