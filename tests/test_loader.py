@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from masksub_exp.bench import step as bench
-from masksub_exp.bench.loader import data_config, make_jpeg_folder, natural_image
+from masksub_exp.bench.loader import ResidentBatches, data_config, make_jpeg_folder, natural_image
 from masksub_exp.config import AugConfig
 from masksub_exp.data import build_datasets
 from masksub_exp.data.imagefolder import BadImageError
@@ -95,3 +95,28 @@ def test_full_magnitude_posterize_is_not_a_bad_image() -> None:
     op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
     assert op(Image.new("RGB", (8, 8), (200, 100, 50))).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_resident_batches_serve_one_batch_as_often_as_the_loader_would() -> None:
+    x, y = torch.randn(4, 3, 8, 8), torch.arange(4)
+    batches = ResidentBatches(x, y, 3)
+    served = list(batches)
+    assert len(batches) == 3 == len(served)
+    assert all(torch.equal(a, x) and torch.equal(b, y) for a, b in served)
+    served[0][0].mul_(0)  # mixup works in place: the next copy must not see it
+    assert torch.equal(next(iter(batches))[0], x) and not torch.equal(served[0][0], x)
+
+
+def test_train_bench_with_a_resident_batch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--train --resident: the preset's loop runs every step of the epoch on the one batch, the input costs
+    (almost) nothing, and the engine's loader builder is back in place afterwards."""
+    from masksub_exp import build, data
+
+    bench.main(["--train", "--resident", "--json", "--out", str(tmp_path / "run"), "experiment=smoke",
+                "data.synthetic_train_size=32", "train.batch_size=8", "train.epochs=1", "train.log_every=1",
+                "train.progress=false"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 4 and result["log_windows"] == 3
+    assert result["data_wait_frac"] < 0.1
+    assert build.build_loaders is data.build_loaders
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -1,1 +1,1 @@
-"""Benchmarks: the training step on a resident batch (step.py), the input pipeline and presets end to end (loader.py)."""
+"""Benchmarks: the training step on a resident batch (step.py); the input pipeline, presets end to end (loader.py)."""

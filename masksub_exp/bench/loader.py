@@ -1,7 +1,7 @@
 """Input-pipeline throughput, and a preset end to end through `train()`.
 
     python -m masksub_exp.bench --loader [--images 400] [--workers 2] [--recipes deit3_224,...] [--repeat 3] [--json]
-    python -m masksub_exp.bench --train experiment=deit3/vit_s_400ep [key=value ...] [--images 512]
+    python -m masksub_exp.bench --train experiment=deit3/vit_s_400ep [key=value ...] [--images 512] [--resident]
 
 `--loader` writes realistic JPEGs (500x375 or 375x500, ~90 KB, smooth multi-scale random content plus
 grain, quality 92; nothing is downloaded) and measures, per recipe's training pipeline: decode + transforms
@@ -13,11 +13,14 @@ GPU needs to feed each model at the GPU rates measured in benchmarks/RESULTS.md.
 
 `--train` runs a preset through the real loop (loader, logging, checkpoints) and prints img/s and
 data_wait_frac from its metrics.jsonl; with data.name=imagefolder and no data.root it writes the JPEGs first.
+`--resident` feeds it one batch kept on the device instead of its loader: the loop's own speed, to set against
+the step bench's on a resident batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -26,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +222,46 @@ def format_loader(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bench_train(overrides: list[str], images: int, out: Path | None) -> dict[str, Any]:
-    """A preset through the real loop; img/s and data_wait_frac from its metrics (first log window dropped)."""
+class ResidentBatches:
+    """The training loader's stand-in for `--resident`: one batch, already on the device, served as many times as
+    the real loader has batches (a fresh copy each time: mixup works in place)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batches: int) -> None:
+        self.x, self.y, self.batches = x, y, batches
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self.batches):
+            yield self.x.clone(), self.y.clone()
+
+
+@contextlib.contextmanager
+def resident_training_data() -> Iterator[None]:
+    """train() with its training loader swapped for ResidentBatches of the loader's own first batch: the loop,
+    model, recipe, logging and checkpoints are the preset's, the input costs nothing. The engine has no such
+    option (a real run never wants it), so the bench swaps `build.build_loaders` for the duration of the run."""
+    from .. import build
+
+    real = build.build_loaders
+
+    def loaders_with_a_resident_batch(*args: Any, device: torch.device | None = None, **kwargs: Any) -> Any:
+        loaders = real(*args, device=device, **kwargs)
+        x, y = next(iter(loaders.train))
+        loaders.train = ResidentBatches(x.to(device), y.to(device), len(loaders.train))
+        return loaders
+
+    build.build_loaders = loaders_with_a_resident_batch
+    try:
+        yield
+    finally:
+        build.build_loaders = real
+
+
+def bench_train(overrides: list[str], images: int, out: Path | None, resident: bool = False) -> dict[str, Any]:
+    """A preset through the real loop; img/s and data_wait_frac from its metrics (first log window dropped).
+    `resident`: its training data is one batch kept on the device (resident_training_data)."""
     from hydra import compose, initialize_config_dir
 
     from ..train import train
@@ -234,7 +276,8 @@ def bench_train(overrides: list[str], images: int, out: Path | None) -> dict[str
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         cfg.data.root = str(make_jpeg_folder(work / "jpegs", images, max(8, images // 16), classes=8))
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    summary = train(cfg)
+    with resident_training_data() if resident else contextlib.nullcontext():
+        summary = train(cfg)
     wall = time.perf_counter() - start
     gc.collect()  # the loader's workers exit, so their CPU time is counted
     cores = (_cpu_seconds() - cpu_start) / wall
@@ -246,9 +289,10 @@ def bench_train(overrides: list[str], images: int, out: Path | None) -> dict[str
             "log_windows": len(steady), "cpu_cores_used": cores, "run_dir": str(run_dir)}
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loader", action="store_true")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m masksub_exp.bench --loader|--train",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loader", action="store_true", help="the input pipeline per recipe")
     parser.add_argument("--train", action="store_true", help="the remaining key=value arguments are Hydra overrides")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -258,7 +302,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--repeat", type=int, default=1, help="measure each rate N times, keep the best")
     parser.add_argument("--root", default=None, help="JPEG folder to (re)use; default: a new temporary one")
     parser.add_argument("--out", default=None, help="--train: the run folder")
+    parser.add_argument("--resident", action="store_true",
+                        help="--train: the training data is one batch kept on the device (the loop's own speed)")
     parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     args.recipes, args.variants = args.recipes.split(","), args.variants.split(",")
     bad = [r for r in args.recipes if r not in RECIPES] + [v for v in args.variants if v not in VARIANTS]
@@ -272,7 +323,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.train:
-        result = bench_train(overrides, args.images, Path(args.out) if args.out else None)
+        result = bench_train(overrides, args.images, Path(args.out) if args.out else None, args.resident)
         print(json.dumps(result, indent=1) if args.json else
               f"{' '.join(overrides)}: {result['img_per_s']:.1f} img/s, data_wait_frac {result['data_wait_frac']:.3f} "
               f"({result['steps']} steps, {result['log_windows']} log windows, "
