@@ -93,8 +93,8 @@ def test_checkpoint_payload_is_freed_before_training(tmp_path: Path, monkeypatch
     alive_in_fit: list[bool] = []
     load, fit = checkpoints.load, train_module.fit
 
-    def watched_load(path: Path) -> dict:
-        payload = load(path)
+    def watched_load(path: Path, **kwargs: object) -> dict:
+        payload = load(path, **kwargs)
         refs.extend(weakref.ref(t) for t in payload["model"].values())
         return payload
 

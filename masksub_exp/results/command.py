@@ -1,11 +1,14 @@
 """Regenerate docs/results.md: run the evidence sweeps, then write the page from their run folders.
 
-    eval "$(launchers/slurm-local up)"          # or any SLURM cluster (SLURM_CONF set)
-    python -m masksub_exp.results               # the CPU budget (see README)
-    python -m masksub_exp.results --launcher local          # the same runs as local processes, no SLURM
+    python -m masksub_exp.results --plan docs/plans/cpu_vit_15ep.yaml   # a registered plan (make results)
+    python -m masksub_exp.results --plan ... --report-only  # rewrite the page and README's block from its record
+    eval "$(launchers/slurm-local up)"          # or any SLURM cluster (SLURM_CONF set), then an unplanned budget:
     python -m masksub_exp.results --tiny        # 1 seed, a few steps: checks the pipeline end to end
-    python -m masksub_exp.results --report-only # rewrite the page from the runs already there
+    python -m masksub_exp.results --launcher local --seeds 3 --epochs 4   # exploration, never evidence
     benchmarks/gpu_results.sh                   # the GPU matrix (its runs are committed under docs/results_gpu/)
+
+A plan (docs/plans/*.yaml) must be committed and clean; its runs are stamped with its commit and only those
+count (masksub_exp/results/plan.py). Verdicts pair runs by seed (masksub_exp/results/stats.py).
 
 With `--launcher slurm` every sweep goes through the project's own launcher (`hydra/launcher=slurm`) as a
 multirun; the sweeps are submitted together and SLURM runs `--parallel` jobs at a time (each asks for its
@@ -162,7 +165,8 @@ def run_local(sweeps: list[Sweep], budget: Budget, root: Path, device: str, dead
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m masksub_exp.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", type=Path, help="a committed plan (docs/plans/*.yaml): its sweeps, seeds, budget, "
                         "deadline and claims replace the budget options; runs go to RUNS/<plan name>/")
     parser.add_argument("--record", type=Path, default=REPO / "docs" / "results_runs",
@@ -183,7 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="slurm: multiruns through the project's SLURM launcher; local: one process per run")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="train.device of every run")
     parser.add_argument("--only", default=",".join(CPU_SWEEPS),
-                        help="comma-separated sweep keys to run, or 'all' (default: the CPU budget's sweeps)")
+                        help="comma-separated sweep keys to run, or 'all' (default: the CPU budget's sweeps); keys: "
+                        + ", ".join(s.key for s in plan()))
     parser.add_argument("--deadline-min", type=float, help="local launcher: start no run after this many "
                         "minutes, stop (checkpoint) the ones still going; the page lists them as unfinished")
     parser.add_argument("--extra", default="", help="more overrides for every run, space-separated (the GPU "
