@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -144,11 +145,37 @@ def multinode_slurm_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A real 1 MiB tmpfs (root only), to fill up for real: room for one 600 KiB checkpoint, not for two."""
-    mount = tmp_path / "tiny"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `mount` (root only) for the length of the block."""
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazy: a test that failed may still map a file
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)  # lazy: a test that failed may still map a file
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (root only), to fill up for real: room for one 600 KiB checkpoint, not for two."""
+    with tmpfs(tmp_path / "tiny", "size=1m") as mount:
+        yield mount
+
+
+# A function, as source for `python -c` scripts that try many command lines in one interpreter: it runs
+# `python -m masksub_exp.train ARGV` as __main__ in that process and returns (exit code, stdout, stderr).
+RUN_MAIN_SOURCE = """
+def run_main(argv):
+    import contextlib, io, runpy, sys
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    sys.argv = argv
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module("masksub_exp.train", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code or 0
+    return code, out.getvalue(), err.getvalue()
+"""

@@ -11,27 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONF, PYTHON, ROOT
+from .conftest import CONF, PYTHON, ROOT, RUN_MAIN_SOURCE
 
 PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
 
 # one interpreter, every preset and mode: the real entry point (`python -m masksub_exp.train`) run as __main__
 # each time, its exit code and output collected (a subprocess per call would cost ~5 s of imports each)
-LOOP = """
-import contextlib, io, json, runpy, sys
-from hydra.core.global_hydra import GlobalHydra
+LOOP = RUN_MAIN_SOURCE + """
+import json, sys
 for preset in json.loads(sys.argv[1]):
     for mode in (["--cfg", "job", "--resolve"], ["--cfg", "all", "--resolve"], ["--info"]):
-        GlobalHydra.instance().clear()
-        sys.argv = ["masksub_exp/train.py", f"experiment={preset}", *mode]
-        out, err, code = io.StringIO(), io.StringIO(), 0
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                runpy.run_module("masksub_exp.train", run_name="__main__", alter_sys=True)
-        except SystemExit as exc:
-            code = exc.code or 0
+        code, out, err = run_main(["masksub_exp/train.py", f"experiment={preset}", *mode])
         print(json.dumps({"preset": preset, "mode": mode[1] if len(mode) > 1 else "info", "code": code,
-                          "out": out.getvalue(), "err": err.getvalue()[-2000:]}))
+                          "out": out, "err": err[-2000:]}))
 """
 
 

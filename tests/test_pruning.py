@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 
-from .conftest import FMNIST, PYTHON, ROOT
+from .conftest import FMNIST, PYTHON, ROOT, tmpfs
 from .test_search import states
 
 SMOKE = ["experiment=smoke", "hydra/sweeper=optuna", "train.progress=false", "masksub.ratio=0.5"]
@@ -35,13 +36,10 @@ def search_record(sweep: Path) -> dict:
 
 
 @pytest.fixture
-def read_only_dir(tmp_path: Path):
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A real read-only file system (root only): the study file cannot be created there, whoever asks."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("case", ["unknown_pruner", "no_slots", "pruner_without_holdout", "unwritable_study"])

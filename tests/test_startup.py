@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONF, PYTHON, ROOT
+from .conftest import CONF, PYTHON, ROOT, RUN_MAIN_SOURCE
 
 HEAVY = ("torch", "timm", "transformers", "wandb", "optuna")
 PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
 
-SCRIPT = """
-import contextlib, io, json, os, runpy, sys
+SCRIPT = RUN_MAIN_SOURCE + """
+import json, os, sys
 HEAVY = __HEAVY__
 presets, conf, tmp, modes = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 def loaded():
@@ -30,7 +30,6 @@ report = {"validated": []}
 # every preset composed and validated as train() and the SLURM launcher do before anything is built
 import masksub_exp.train
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from masksub_exp.config import Settings, to_settings
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
     for preset in presets:
@@ -48,18 +47,11 @@ report["presets"] = {"heavy": loaded()}
 
 # the command line's modes that build no run
 for name, argv, env in modes:
-    GlobalHydra.instance().clear()
     os.environ.update(env)
-    sys.argv = ["masksub-train", *argv]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_module("masksub_exp.train", run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        code = exc.code or 0
+    code, out, err = run_main(["masksub-train", *argv])
     for key in env:
         del os.environ[key]
-    report[name] = {"code": code, "heavy": loaded(), "out": out.getvalue(), "err": err.getvalue()[-3000:]}
+    report[name] = {"code": code, "heavy": loaded(), "out": out, "err": err[-3000:]}
 print(json.dumps(report))
 """.replace("__HEAVY__", repr(HEAVY))
 
