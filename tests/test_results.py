@@ -46,7 +46,7 @@ def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slur
         assert summary["status"] == "complete" and summary["epoch"] == 1
         assert f"{summary['top1']:.2f}" in page and summary["epoch_train_s"] > 0
     assert page.count("(n=1)") >= 2 * 8 and "too few pairs (needs 2)" in page  # one seed never claims anything
-    assert "**gain**" not in page and "**worse**" not in page
+    assert "| gain |" not in page and "| worse |" not in page  # no verdict column claims a difference
     assert "Every planned run finished." not in page  # the SLURM path writes no plan.json: no claim either way
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
     assert len(images) == 7  # the ratio curve and six loss-curve figures
