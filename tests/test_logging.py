@@ -39,8 +39,11 @@ def wandb_files(run: Path) -> list[Path]:
 def metric_steps(run: Path) -> list[int]:
     """The steps of the metric rows (train/, eval/, test/) across all the run's offline files, oldest first:
     what W&B holds after `wandb sync` of every offline folder."""
-    return [row["_step"] for f in wandb_files(run) for row in history(f)
-            if any(k.startswith(("train/", "eval/", "test/")) for k in row)]
+    return [step for f in wandb_files(run) for step in metric_steps_of(f)]
+
+
+def metric_steps_of(path: Path) -> list[int]:
+    return [row["_step"] for row in history(path) if any(k.startswith(("train/", "eval/", "test/")) for k in row)]
 
 
 def jsonl_steps(run: Path) -> list[int]:
@@ -246,7 +249,11 @@ def test_a_requeued_slurm_job_continues_its_wandb_run_and_logs_its_slurm_ids(slu
         wait_until(lambda: len(train_steps(run)) >= 5, 180, "five training steps")
         subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)  # preempted: save, requeue
         summary = wait_until(lambda: (run / "summary.json").exists() and json.loads((run / "summary.json")
-                             .read_text()), 300, "the requeued job to finish")
+                             .read_text()), 300, "the requeued job's summary")
+        # summary.json lands before the sinks close: W&B's finish() (the exit record) comes after it, so the job
+        # must leave the queue on its own before the cleanup below may cancel it
+        wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
+                                              text=True).stdout.strip(), 120, "the requeued job to end")
     finally:
         subprocess.run(["scancel", job], env=env)
     assert summary["restarts"] == 1 and summary["status"] == "complete"
@@ -318,45 +325,61 @@ def test_a_failed_run_raises_an_alert_naming_why(offline: None, tmp_path: Path, 
 
 
 def wait_until(proc: subprocess.Popen, condition, what: str) -> None:  # noqa: ANN001
+    """Poll `condition` while `proc` runs; once it holds, freeze `proc` (SIGSTOP) and check it again. The caller
+    kills a frozen process, so what it reads at the kill is what held there: a run polled late under load cannot
+    have moved past the point (another checkpoint) between the check and the kill."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if condition():
-            return
+            proc.send_signal(signal.SIGSTOP)
+            if condition():
+                return
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.05)  # polling for a file to change, not waiting out a race
     raise AssertionError(f"{what}: not seen (exit code {proc.poll()})")
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return checkpoints.load(ckpt)["state"]["step"] if ckpt.exists() else -1
 
 
 @pytest.mark.slow
 def test_a_sigkilled_offline_run_reaches_wandb_with_every_step_once(offline: None, tmp_path: Path,
                                                                     cli_env: dict) -> None:
-    # wandb-core writes its run file through a buffer, seconds behind the run: a SIGKILLed attempt's file can
-    # lack steps that metrics.jsonl and the checkpoint hold (attempt 1, killed as its first checkpoint lands:
-    # the next attempt must replay them) or hold steps past the checkpoint (attempt 2, killed once W&B has rows
-    # past its checkpoint: the next attempt trains them again and must not log them twice)
+    # wandb-core writes its run file in 32 KiB blocks (LevelDB's log format): a SIGKILLed attempt's file lacks
+    # what its last block had not reached, which can be steps that metrics.jsonl and the checkpoint hold
+    # (attempt 1, killed as its first checkpoint lands, before any block is full: the next attempt must replay
+    # them), or it can hold steps past the checkpoint (attempt 2, killed once a block holds steps past its
+    # checkpoint: the next attempt trains them again and must not log them twice). Attempt 2 logs every step and
+    # saves only at the epoch's end (step 32; the cadences are not part of the run's identity), so its first
+    # block (about step 40 here) lands with the checkpoint at 32 and stays ahead of it until the run ends at 64.
     run = tmp_path / "run"
     env = {**cli_env, "NETRC": "/nonexistent", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
     args = [PYTHON, "-m", "masksub_exp.train", "experiment=smoke", "logger=wandb", "logger.mode=offline",
-            "train.ckpt_every=10", "train.log_every=2", "train.progress=false", "data.synthetic_train_size=1024",
-            f"hydra.run.dir={run}"]
+            "train.progress=false", "data.synthetic_train_size=1024", f"hydra.run.dir={run}"]
+    every_step = ["train.ckpt_every=1000", "train.log_every=1"]
     ckpt = run / "checkpoints" / "last.pt"
-    kills = [lambda: ckpt.exists(),  # step 10's checkpoint
-             lambda: max(metric_steps(run)[-1:] or [0]) > 20]  # resumed at 10; W&B already holds a step past 20
+    kills = [(["train.ckpt_every=10", "train.log_every=2"], lambda: ckpt.exists()),  # step 10's checkpoint
+             # this attempt's own W&B file holds a step past the checkpoint on disk
+             (every_step, lambda: len(wandb_files(run)) == 2
+              and max(metric_steps_of(wandb_files(run)[-1])[-1:] or [-1]) > checkpoint_step(ckpt))]
     at_kill = []
-    for condition in kills:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for cadence, condition in kills:
+        proc = subprocess.Popen([*args, *cadence], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         try:
             wait_until(proc, condition, "the kill point")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        at_kill.append({"wandb_rows": metric_steps(run), "checkpoint": checkpoints.load(ckpt)["state"]["step"]})
-    assert at_kill[1]["wandb_rows"][-1] > at_kill[1]["checkpoint"] == 20  # steps past the checkpoint in W&B
-    done = subprocess.run([*args, "train.max_steps=40"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+        at_kill.append({"wandb_rows": metric_steps(run), "checkpoint": checkpoint_step(ckpt)})
+    assert at_kill[0]["wandb_rows"] == [] and at_kill[0]["checkpoint"] >= 10  # W&B behind the checkpoint
+    assert at_kill[1]["wandb_rows"][-1] > at_kill[1]["checkpoint"] >= 10  # steps past the checkpoint in W&B
+    done = subprocess.run([*args, *every_step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     steps = jsonl_steps(run)
-    assert steps[-1] == 40 and 32 in steps  # the epoch-end eval at 32 and the capped eval at 40
+    assert steps[-1] == 64 and 32 in steps  # both epoch-end evals
     assert metric_steps(run) == steps  # every metrics.jsonl step once, in order, across the three files
     assert len(wandb_files(run)) == 3 and exit_code(wandb_files(run)[-1]) == 0
     print(f"at each kill, W&B's rows on disk and the checkpoint step: {at_kill}")
