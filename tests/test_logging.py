@@ -310,6 +310,29 @@ def test_wandb_gets_every_metrics_step_once_whatever_it_held_before(offline: Non
     assert (final["best/top1"], final["best/epoch"]) == (40.0, 2)  # the replayed eval was the best
 
 
+def test_an_eval_that_wandb_missed_at_a_step_it_holds_still_reaches_it_once(offline: None, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    # attempt 1: W&B's file got the train rows to step 8, then the kill came before the eval taken at step 8
+    # reached it; the checkpoint was at step 4, so the resume keeps metrics.jsonl to 4 and trains 6 and 8 again
+    sink_session(run, [train_line(s) for s in (2, 4, 6, 8)])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(train_line(s)) + "\n" for s in (2, 4)))
+    ev8 = {"kind": "eval", "step": 8, "epoch": 1, "top1": 50.0, "top5": 90.0}
+    sink_session(run, [train_line(6), train_line(8), ev8, train_line(10)])
+    rows = [row for f in wandb_files(run) for row in history(f)]
+    evals = [row for row in rows if "eval/top1" in row]
+    # the eval, once, at the first step W&B had not passed; its epoch and optimizer step say what it is
+    assert [(r["_step"], r["eval/epoch"], r["eval/step"], r["eval/top1"]) for r in evals] == [(9, 1, 8, 50.0)]
+    assert [row["_step"] for row in rows] == [2, 4, 6, 8, 9, 10]
+    assert summary_of(wandb_files(run)[-1])["best/top1"] == 50.0
+    # a third attempt that replays it all (metrics.jsonl now holds the eval): W&B already holds it, at step 9
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
+                                               [*(train_line(s) for s in (2, 4, 6, 8)), ev8, train_line(10)]))
+    sink_session(run, [train_line(12)])
+    rows = [row for f in wandb_files(run) for row in history(f)]
+    assert len([row for row in rows if "eval/top1" in row]) == 1 and rows[-1]["_step"] == 12
+
+
 @pytest.mark.parametrize("failure,title", [
     (DistributedTimeout("rank 0: a collective of the training loop did not complete: another rank died"),
      "lost rank"),

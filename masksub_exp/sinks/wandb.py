@@ -8,6 +8,12 @@ so a killed attempt leaves W&B short of what `metrics.jsonl` holds. On (re)start
 last step W&B holds (offline: the history rows in the run's earlier offline files, exactly what
 `wandb sync` will upload; online: the server's `starting_step`), replays every `metrics.jsonl` step after
 it, and from then on skips steps W&B already holds (a resume from a checkpoint older than what W&B got).
+
+An eval or test record can be missing at a step W&B already passed: the attempt was killed after a block of
+its file held the step's training row but before the eval taken at that step reached the file. W&B refuses
+rows behind its step, so (offline, where the files say which records W&B holds) such a record goes to the
+next step W&B has not passed; its curves are drawn against `<kind>/epoch`, and `<kind>/step` keeps the
+optimizer step it was taken at.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import wandb
 from ..config import Settings
 from ..distributed import DistributedTimeout
 from ..meters import NonFiniteLoss
-from .wandb_file import held_steps
+from .wandb_file import LATE_KINDS, Held, held
 
 # families by the timm module that defines the model; anything else timm builds is a CNN here
 FAMILY_MODULES = {"vit": ("vision_transformer", "deit", "eva", "beit", "vision_transformer_relpos"),
@@ -116,7 +122,7 @@ class WandbSink:
         cfg = settings.logger
         self.mode = resolve_mode(cfg.mode)
         # read before init: init starts this session's own (empty) offline folder
-        held = held_steps(run_dir, run_id) if self.mode == "offline" else set()
+        self.held = held(run_dir, run_id) if self.mode == "offline" else Held()
         config = {**asdict(settings), "meta": run_metadata(world_size)}
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, mode=self.mode, dir=str(run_dir), id=run_id,
@@ -129,13 +135,12 @@ class WandbSink:
             self.run.define_metric(f"{kind}/*", step_metric=f"{kind}/epoch")
         self.run.define_metric("eval/top1", step_metric="eval/epoch", summary="max,last")
         starting = self.run.starting_step if self.mode == "online" else 0
-        self.held_until = max(max(held, default=-1), starting - 1)  # the last step W&B holds (-1: none)
+        self.held_until = max(self.held.until, starting - 1)  # the last step W&B holds (-1: none)
         self.best: tuple[float, int] | None = None
         self.replayed = 0
         if self.mode != "disabled":
             for record in read_jsonl(run_dir / "metrics.jsonl"):  # the sink after JsonlSink: already truncated
-                self.log(record)
-                self.replayed += record.get("step", -1) > self.held_until
+                self.replayed += self.log(record)
 
     def _track_best(self, record: dict[str, Any]) -> None:
         if record.get("kind") != "eval" or "top1" not in record:
@@ -144,13 +149,24 @@ class WandbSink:
             self.best = (record["top1"], record["epoch"])
             self.run.summary.update({"best/top1": self.best[0], "best/epoch": self.best[1]})
 
-    def log(self, record: dict[str, Any]) -> None:
-        step = record.get("step")
-        if step is not None and step > self.held_until:  # W&B keeps steps it already holds
-            kind = record.get("kind")
-            values = {f"{kind}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
-            self.run.log(values, step=step)
+    def log(self, record: dict[str, Any]) -> bool:
+        """Send `record` to W&B unless W&B holds it already; True when sent."""
         self._track_best(record)
+        step, kind = record.get("step"), record.get("kind")
+        if step is None:
+            return False
+        values = {f"{kind}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
+        if kind in LATE_KINDS:
+            values[f"{kind}/step"] = step
+        if step > self.held_until:
+            self.run.log(values, step=step)
+            return True
+        # W&B keeps the steps it holds; an eval/test record it lacks goes to the next step it has not passed
+        if self.mode == "offline" and kind in LATE_KINDS and (kind, step) not in self.held.records:
+            self.held.records.add((kind, step))
+            self.run.log(values, step=self.held_until + 1)
+            return True
+        return False
 
     def image(self, key: str, path: Path, step: int) -> None:
         if step > self.held_until:

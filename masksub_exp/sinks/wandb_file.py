@@ -9,10 +9,12 @@ its last chunk; the reader returns the whole records and stops at the tear.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 BLOCK, HEADER, CHUNK_HEADER = 32768, 7, 7
+LATE_KINDS = ("eval", "test")  # records drawn against their own `<kind>/epoch` axis, not W&B's step
 
 
 def records(path: Path) -> list[Any]:
@@ -50,13 +52,10 @@ def item_key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def history_steps(path: Path) -> list[int]:
-    """The `_step` of every history row in the file, in file order."""
-    steps = []
-    for record in records(path):
-        if record.WhichOneof("record_type") == "history":
-            steps.extend(int(item.value_json) for item in record.history.item if item_key(item) == "_step")
-    return steps
+def history_rows(path: Path) -> list[dict[str, str]]:
+    """Every history row of the file, in file order: {key: its JSON text}, `_step` included."""
+    return [{item_key(item): item.value_json for item in record.history.item}
+            for record in records(path) if record.WhichOneof("record_type") == "history"]
 
 
 def offline_files(run_dir: Path, run_id: str) -> list[Path]:
@@ -64,6 +63,26 @@ def offline_files(run_dir: Path, run_id: str) -> list[Path]:
     return sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
 
 
-def held_steps(run_dir: Path, run_id: str) -> set[int]:
-    """The history steps that the run's offline files on disk hold (what `wandb sync` would upload)."""
-    return {step for path in offline_files(run_dir, run_id) for step in history_steps(path)}
+@dataclass
+class Held:
+    """What the run's offline files on disk hold (what `wandb sync` would upload): the history steps, and the
+    eval/test records by the optimizer step they were taken at (`<kind>/step`; a row without it: its `_step`)."""
+
+    steps: set[int] = field(default_factory=set)
+    records: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def until(self) -> int:
+        return max(self.steps, default=-1)
+
+
+def held(run_dir: Path, run_id: str) -> Held:
+    out = Held()
+    for path in offline_files(run_dir, run_id):
+        for row in history_rows(path):
+            step = int(row["_step"])
+            out.steps.add(step)
+            for kind in LATE_KINDS:
+                if any(key.startswith(f"{kind}/") for key in row):
+                    out.records.add((kind, int(row.get(f"{kind}/step", step))))
+    return out
