@@ -313,12 +313,14 @@ def test_wandb_gets_every_metrics_step_once_whatever_it_held_before(offline: Non
 def test_an_eval_that_wandb_missed_at_a_step_it_holds_still_reaches_it_once(offline: None, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    # attempt 1: W&B's file got the train rows to step 8, then the kill came before the eval taken at step 8
-    # reached it; the checkpoint was at step 4, so the resume keeps metrics.jsonl to 4 and trains 6 and 8 again
-    sink_session(run, [train_line(s) for s in (2, 4, 6, 8)])
-    (run / "metrics.jsonl").write_text("".join(json.dumps(train_line(s)) + "\n" for s in (2, 4)))
+    # attempt 1 was stopped (preempted) during the epoch's last steps: it saved at the epoch's end, step 8, before
+    # the epoch's eval, and finished its W&B run with the train rows to 8; the resumed attempt starts at step 8,
+    # finds no batch left in the epoch and evaluates, at step 8, which W&B already holds
+    lines = [train_line(s) for s in (2, 4, 6, 8)]
+    sink_session(run, lines)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     ev8 = {"kind": "eval", "step": 8, "epoch": 1, "top1": 50.0, "top5": 90.0}
-    sink_session(run, [train_line(6), train_line(8), ev8, train_line(10)])
+    sink_session(run, [ev8, train_line(10)])
     rows = [row for f in wandb_files(run) for row in history(f)]
     evals = [row for row in rows if "eval/top1" in row]
     # the eval, once, at the first step W&B had not passed; its epoch and optimizer step say what it is

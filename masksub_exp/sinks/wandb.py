@@ -9,11 +9,12 @@ last step W&B holds (offline: the history rows in the run's earlier offline file
 `wandb sync` will upload; online: the server's `starting_step`), replays every `metrics.jsonl` step after
 it, and from then on skips steps W&B already holds (a resume from a checkpoint older than what W&B got).
 
-An eval or test record can be missing at a step W&B already passed: the attempt was killed after a block of
-its file held the step's training row but before the eval taken at that step reached the file. W&B refuses
-rows behind its step, so (offline, where the files say which records W&B holds) such a record goes to the
-next step W&B has not passed; its curves are drawn against `<kind>/epoch`, and `<kind>/step` keeps the
-optimizer step it was taken at.
+An eval or test record can come at a step W&B already holds: a stop (preemption, SIGTERM) during an epoch's
+last steps saves at the epoch's end before the epoch's eval, the stopped attempt's W&B run ends with that
+step's training row, and the resumed run evaluates at that same step. W&B refuses rows behind its step, so
+(offline, where the files say which records W&B holds) such a record goes to the next step W&B has not
+passed; its curves are drawn against `<kind>/epoch`, and `<kind>/step` keeps the optimizer step it was taken
+at. Online, the server does not say which records it holds, so the record is skipped there.
 """
 
 from __future__ import annotations
