@@ -368,6 +368,15 @@ def checkpoint_step(ckpt: Path) -> int:
     return checkpoints.load(ckpt)["state"]["step"] if ckpt.exists() else -1
 
 
+def wandb_ahead_of_checkpoint(run: Path, ckpt: Path) -> bool:
+    """The second attempt's W&B file holds a step past the checkpoint on disk. Polled: the checkpoint is read
+    only once the file holds a row (it stays a 7-byte header until wandb-core writes its first 32 KiB block)."""
+    files = wandb_files(run)
+    if len(files) != 2 or files[-1].stat().st_size <= 7:
+        return False
+    return max(metric_steps_of(files[-1])[-1:] or [-1]) > checkpoint_step(ckpt)
+
+
 @pytest.mark.slow
 def test_a_sigkilled_offline_run_reaches_wandb_with_every_step_once(offline: None, tmp_path: Path,
                                                                     cli_env: dict) -> None:
@@ -387,8 +396,7 @@ def test_a_sigkilled_offline_run_reaches_wandb_with_every_step_once(offline: Non
     ckpt = run / "checkpoints" / "last.pt"
     kills = [(["train.ckpt_every=10", "train.log_every=2"], lambda: ckpt.exists()),  # step 10's checkpoint
              # this attempt's own W&B file holds a step past the checkpoint on disk
-             (every_step, lambda: len(wandb_files(run)) == 2
-              and max(metric_steps_of(wandb_files(run)[-1])[-1:] or [-1]) > checkpoint_step(ckpt))]
+             (every_step, lambda: wandb_ahead_of_checkpoint(run, ckpt))]
     at_kill = []
     for cadence, condition in kills:
         proc = subprocess.Popen([*args, *cadence], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
