@@ -179,3 +179,10 @@ def run_main(argv):
         code = exc.code or 0
     return code, out.getvalue(), err.getvalue()
 """
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")  # no credentials: logger.mode=auto must pick offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
