@@ -4,6 +4,7 @@ README block count only runs made under that plan's commit."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from masksub_exp.results.command import plan as sweeps
 from masksub_exp.results.doc import README_BEGIN, README_END, Part, readme_block, write_page
-from masksub_exp.results.plan import PlanError, load, stamp
+from masksub_exp.results.plan import PlanError, load, stamp, stamped_by
 from masksub_exp.results.runs import expand
 
 from .conftest import PYTHON, ROOT
@@ -135,6 +136,19 @@ def test_a_plan_runs_pair_by_pair_stamps_its_runs_and_its_page_prints_the_plan_c
     assert "Not counted" in page and "masksub=off,seed=1" in page
     assert "ViT (" in page and "| 1 |" in page and "too few pairs (needs 2)" in page
     assert "seed 1 (baseline missing" in page  # the stale baseline is not paired with the stamped MaskSub run
+    # a machine that kept only git (the record): the same command trains nothing that finished
+    for name in ("masksub=mask,seed=0", "masksub=off,seed=0", "masksub=mask,seed=1"):
+        shutil.rmtree(root / "fmnist_vit" / name)
+    for name in ("budget.json", "attempts.jsonl", "plan.json"):
+        (root / name).unlink()
+    again = results("--plan", repo / "toy.yaml", "--runs", repo / "runs", "--record", repo / "record", "--out",
+                    repo / "page", env=cli_env)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    # restored: the plan's three; kept: those and the stale complete run (left as it is, still not counted)
+    assert "3 finished run(s) restored" in again.stdout and "4 run(s) already finished: kept" in again.stdout, \
+        again.stdout
+    assert len((root / "attempts.jsonl").read_text().splitlines()) == 3  # no run trained again
+    assert len(json.loads((root / "budget.json").read_text())["parts"]) == 2  # both calls on record
 
 
 def test_readme_evidence_block_is_generated_from_the_committed_page_data(tmp_path: Path) -> None:
@@ -151,3 +165,57 @@ def test_pairs_are_scheduled_as_pairs_slower_arm_first() -> None:
     runs = expand("fmnist_vit", "results/vit", {"masksub": "mask,off"}, [3, 4], [])
     assert [r.name for r in runs] == ["masksub=mask,seed=3", "masksub=off,seed=3", "masksub=mask,seed=4",
                                       "masksub=off,seed=4"]
+
+
+def test_a_committed_record_brings_back_its_finished_runs_on_a_machine_that_kept_nothing(
+        repo: Path, tmp_path: Path) -> None:
+    """The budget runs in parts across machines: finished runs come back from git, unfinished ones train again."""
+    from masksub_exp.results.doc import restore_record
+    from masksub_exp.results.runs import is_complete
+
+    registered = load(repo / "toy.yaml", [s.key for s in sweeps()])
+    record = tmp_path / "record"
+    runs = {"masksub=off,seed=0": "complete", "masksub=mask,seed=0": "running", "masksub=mask,seed=1": "complete"}
+    for name, status in runs.items():
+        folder = record / "fmnist_vit" / name
+        assert stamp(folder, registered)
+        (folder / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+        (folder / "summary.json").write_text(json.dumps({"status": status, "seed": int(name[-1])}))
+    (record / "fmnist_vit" / "masksub=mask,seed=1" / ".plan").write_text('{"plan_commit": "0000"}')  # another plan
+    (record / "budget.json").write_text(json.dumps({"plan": {"commit": registered.commit}, "parts": [{"n": 1}]}))
+    (record / "attempts.jsonl").write_text('{"run": "a"}\n{"run": "b"}\n')
+    root = tmp_path / "runs"
+    (root / "fmnist_vit" / "masksub=mask,seed=0").mkdir(parents=True)
+    (root / "attempts.jsonl").write_text('{"run": "b"}\n{"run": "c"}\n')
+
+    assert restore_record(record, root, registered.commit) == ["fmnist_vit/masksub=off,seed=0"]
+    assert is_complete(root / "fmnist_vit" / "masksub=off,seed=0")
+    assert (root / "fmnist_vit" / "masksub=off,seed=0" / "metrics.jsonl").read_text() == '{"step": 2, "loss": 1.0}\n'
+    assert stamped_by(root / "fmnist_vit" / "masksub=off,seed=0") == registered.commit
+    assert not any((root / "fmnist_vit" / "masksub=mask,seed=0").iterdir())  # unfinished: trains again here
+    assert not (root / "fmnist_vit" / "masksub=mask,seed=1").exists()  # another plan's run never counts
+    assert json.loads((root / "budget.json").read_text())["parts"] == [{"n": 1}]  # the earlier parts stay on record
+    assert (root / "attempts.jsonl").read_text().splitlines() == ['{"run": "a"}', '{"run": "b"}', '{"run": "c"}']
+    assert restore_record(record, root, "f" * 40) == []  # a record of another commit of the plan: nothing
+
+
+def test_the_record_keeps_the_calls_of_machines_that_kept_nothing(tmp_path: Path) -> None:
+    """A part run on a machine that was wiped stays in the committed budget history when a later part exports."""
+    from masksub_exp.results.doc import LOST, export_record
+
+    record, root = tmp_path / "record", tmp_path / "runs"
+    record.mkdir()
+    root.mkdir()
+    old = {"started": "2026-12-01 01:00:00 UTC", "command": "c", "sweeps": ["fmnist_vit"]}
+    new = {"started": "2026-12-02 11:00:00 UTC", "command": "c", "sweeps": ["fmnist_vit"]}
+    (record / "budget.json").write_text(json.dumps({"plan": {"commit": "abc"}, "parts": [old]}))
+    (root / "budget.json").write_text(json.dumps({"plan": {"commit": "abc"}, "parts": [new], "started": "x"}))
+    export_record(root, record)
+    kept = json.loads((record / "budget.json").read_text())
+    lost = {**old, "note": LOST}  # the page says its runs are gone, so nothing is left out silently
+    assert kept["parts"] == [lost, new] and kept["started"] == old["started"]
+    export_record(root, record)  # exporting again adds nothing twice
+    assert json.loads((record / "budget.json").read_text())["parts"] == [lost, new]
+    (root / "budget.json").write_text(json.dumps({"plan": {"commit": "def"}, "parts": [new]}))
+    export_record(root, record)  # another commit of the plan: its history is not this plan's
+    assert json.loads((record / "budget.json").read_text())["parts"] == [new]

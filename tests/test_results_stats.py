@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from masksub_exp.results.stats import analyse, holm, sign_flip_p, t_test
+from masksub_exp.results.stats import analyse, describe, holm, sign_flip_p, t_test
 
 
 def simulated_calls(effect: float, experiments: int = 2000, pairs: int = 5, seed: int = 0) -> float:
@@ -66,3 +66,14 @@ def test_too_few_pairs_and_constant_deltas() -> None:
     assert one.verdict.startswith("too few pairs") and math.isnan(one.p_t)
     assert analyse({"x": {}})["x"].verdict == "no complete pair"
     assert t_test([0.5, 0.5, 0.5]) == (0.0, 0.0) and t_test([0.0, 0.0]) == (0.0, 1.0)
+
+
+def test_a_plan_with_pairs_still_missing_is_interim_with_no_verdict() -> None:
+    """A look before the plan's sample size is reached draws no verdict (optional stopping), whatever p says."""
+    strong = {s: (80.0, 81.0 + 0.1 * s) for s in range(6)}
+    early = analyse({"c": {s: strong[s] for s in (0, 1)}}, planned={"c": 6})["c"]
+    assert early.verdict == "interim (2 of 6 planned pairs): no verdict" and early.low > 0  # the interval is shown
+    assert describe(early).startswith("interim (2 of 6 planned pairs): no verdict: +1.05 points")
+    single = analyse({"c": {0: strong[0]}}, planned={"c": 6})["c"]
+    assert single.verdict == "interim (1 of 6 planned pairs): too few pairs (needs 2)"
+    assert analyse({"c": strong}, planned={"c": 6})["c"].verdict == "gain"  # all planned pairs: the rule decides

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plan as plan_module
-from .doc import export_record, readme_block, readme_with_block, write_page
+from .doc import export_record, readme_block, readme_with_block, restore_record, write_page
 from .page import MAIN_KEYS, Budget
 from .plan import Plan, PlanError
 from .runs import PlannedRun, expand, interleave, run_locally
@@ -278,6 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python -m masksub_exp.results", *given])  # what trains these runs again
     if not args.report_only:
         sweeps = [s for s in plan() if s.key in args.only]
+        if registered is not None:  # finished runs committed by an earlier part (another machine) are kept
+            restored = restore_record(args.record / registered.name, root, registered.commit)
+            if restored:
+                print(f"[results] {len(restored)} finished run(s) restored from the committed record "
+                      f"{args.record / registered.name}", flush=True)
         root.mkdir(parents=True, exist_ok=True)
         record = budget_record(root, budget, [s.key for s in sweeps], command, started)
         if registered is not None:

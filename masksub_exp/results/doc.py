@@ -91,15 +91,28 @@ class Part:
         return ok, [r for r in every if r not in ok]
 
 
+LOST = "on a machine not kept since: its runs missing from this record are lost, not counted"
+
+
 def export_record(root: Path, dest: Path) -> Path:
     """Copy a plan's run files that the page reads (no checkpoints) to `dest` (committed: docs/results_runs/)."""
+    earlier = json.loads((dest / "budget.json").read_text()) if (dest / "budget.json").exists() else {}
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for name in ("budget.json", "plan.json", "attempts.jsonl"):
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)
-    commit = json.loads((root / "budget.json").read_text()).get("plan", {}).get("commit")
+    budget = json.loads((root / "budget.json").read_text())
+    commit = budget.get("plan", {}).get("commit")
+    if commit and earlier.get("plan", {}).get("commit") == commit:  # calls made on a machine that kept nothing
+        parts = budget.get("parts", [])  # (its runs are lost unless committed) stay on record, oldest first
+        known = {(p.get("started"), p.get("command")) for p in parts}
+        lost = [{**p, "note": p.get("note", LOST)} for p in earlier.get("parts", [])
+                if (p.get("started"), p.get("command")) not in known]
+        budget["parts"] = sorted(lost + parts, key=lambda p: p.get("started", ""))
+        budget["started"] = budget["parts"][0].get("started", budget.get("started"))
+        (dest / "budget.json").write_text(json.dumps(budget, indent=1))
     folders = {p.parent for name in ("config.yaml", "summary.json", STAMP) for p in root.glob(f"*/*/{name}")}
     ignored = sorted(str(f.relative_to(root)) for f in folders if stamped_by(f) != commit)
     (dest / "not_counted.json").write_text(json.dumps(ignored, indent=1))  # the page names them
@@ -114,12 +127,45 @@ def export_record(root: Path, dest: Path) -> Path:
     return dest
 
 
+def restore_record(record: Path, root: Path, commit: str) -> list[str]:
+    """The reverse of export_record, so a plan's budget can run in parts on machines that keep nothing but git:
+    every run the committed record holds as complete under `commit` and `root` lacks comes back (its files, not a
+    checkpoint: it is finished), with the record's budget history and attempts. Returns the restored runs."""
+    budget = record / "budget.json"
+    if not budget.exists() or json.loads(budget.read_text()).get("plan", {}).get("commit") != commit:
+        return []  # another plan's (or no) record: nothing of it counts here
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("budget.json", "plan.json"):
+        if not (root / name).exists() and (record / name).exists():
+            shutil.copy2(record / name, root / name)
+    here = root / "attempts.jsonl"
+    mine = here.read_text().splitlines() if here.exists() else []
+    theirs = (record / "attempts.jsonl").read_text().splitlines() if (record / "attempts.jsonl").exists() else []
+    if theirs:  # both machines' attempts, each once: the page pairs side-by-side arms from them
+        here.write_text("".join(f"{line}\n" for line in dict.fromkeys(theirs + mine)))
+    restored = []
+    for summary in sorted(record.glob("*/*/summary.json")):
+        folder, target = summary.parent, root / summary.parent.relative_to(record)
+        done = (target / "summary.json").exists() and json.loads((target / "summary.json").read_text()).get(
+            "status") == "complete"
+        if done or stamped_by(folder) != commit or json.loads(summary.read_text()).get("status") != "complete":
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (STAMP, "config.yaml", "metrics.jsonl", "summary.json"):
+            if (folder / name).exists():
+                shutil.copy2(folder / name, target / name)
+        restored.append(str(target.relative_to(root)))
+    return restored
+
+
 def first_start(part: Part) -> str | None:
-    """When the part's first run started: its stamp (written just before the process starts) or its attempt."""
+    """When the part's first run started: its stamp (written just before the process starts), its attempt, or the
+    start of a call whose runs a wiped machine lost (the budget history keeps it)."""
     times = [json.loads(p.read_text()).get("stamped") for p in part.root.glob(f"*/*/{STAMP}")]
     path = part.root / "attempts.jsonl"
     times += [f"{datetime.fromtimestamp(json.loads(line)['start'], UTC):%Y-%m-%d %H:%M:%S} UTC"
               for line in (path.read_text().splitlines() if path.exists() else [])]
+    times += [c.get("started") for c in part.record.get("parts", [])]
     return min((t for t in times if t), default=None)
 
 
@@ -129,7 +175,8 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
     calls = part.record.get("parts") or [part.record]
     spans = [f"from {c['started']} to {c.get('finished') or '(no end recorded)'}" for c in calls if "started" in c]
     span = "-" if not spans else spans[0] if len(calls) == 1 else "; ".join(
-        f"{span} ({', '.join(c.get('sweeps', []))}: `{c.get('command', '?')}`)"
+        f"{span} ({', '.join(c.get('sweeps', []))}: `{c.get('command', '?')}`"
+        + (f"; {c['note']}" if c.get("note") else "") + ")"
         for span, c in zip(spans, calls, strict=False))
     where = ("as SLURM jobs through the project's launcher (`hydra/launcher=slurm_cpu`)" if b.launcher == "slurm"
              else "as local processes (`--launcher local`, one `masksub_exp.train` per run)")
@@ -175,7 +222,7 @@ def render(part: Part, out: Path, rel: str, title: str) -> tuple[list[str], list
     if names:
         body += ["Not counted (made before or outside this plan, no stamp of its commit): "
                  + ", ".join(f"`{n}`" for n in sorted(set(names))), ""]
-    body += section_main(groups, keys, seeds, verdicts, part.claims())
+    body += section_main(groups, keys, seeds, verdicts, part.claims(), registered=bool(part.plan))
     if "vit_ratio" in planned:
         body += section_ratio(groups, images, rel)
     if "vit_variants" in planned:

@@ -111,9 +111,11 @@ class Row:
     result: Paired | None = None
 
 
-def comparison_table(rows: list[Row], family: str) -> list[str]:
-    """Analyse `rows` as one family (Holm across them) and render the table plus the unfinished pairs."""
-    results = analyse({row.label: row.pairing.values() for row in rows})
+def comparison_table(rows: list[Row], family: str, planned: int | None = None) -> list[str]:
+    """Analyse `rows` as one family (Holm across them) and render the table plus the unfinished pairs. `planned`:
+    the pairs a registered plan fixed per comparison (fewer complete: interim, no verdict)."""
+    results = analyse({row.label: row.pairing.values() for row in rows},
+                      planned=None if planned is None else {row.label: planned for row in rows})
     lines = [f"Family for the multiplicity correction: {family} ({len(rows)} comparison(s)).", "",
              "| comparison | pairs | baseline | treatment | per-pair deltas | mean delta | interval | p (t / Holm) "
              "| sign-flip p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -137,7 +139,8 @@ def comparison_table(rows: list[Row], family: str) -> list[str]:
 
 
 def section_main(groups: dict[str, list[Run]], keys: list[str], seeds: list[int], verdicts: list[str],
-                 claims: dict[str, str]) -> list[str]:
+                 claims: dict[str, str], registered: bool = False) -> list[str]:
+    """The main comparisons; under a registered plan its seeds are the sample size a verdict waits for."""
     rows = []
     for key in keys:
         runs = groups.get(key, [])
@@ -148,7 +151,7 @@ def section_main(groups: dict[str, list[Run]], keys: list[str], seeds: list[int]
     for key in keys:
         if key in claims:
             lines += [f"Claim registered for {MODELS[key]}: {claims[key]}", ""]
-    lines += comparison_table(rows, "this part's main comparisons")
+    lines += comparison_table(rows, "this part's main comparisons", len(seeds) if registered else None)
     for key, row in zip(keys, rows, strict=True):
         verdicts.append(f"Fashion-MNIST {MODELS[key]}, MaskSub r=0.5: {describe(row.result)}")
     return lines

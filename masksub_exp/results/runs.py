@@ -94,8 +94,9 @@ def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int,
             pending.remove(run)
             outcome[f"{run.key}/{run.name}"] = "not counted (its folder predates the plan)"
             print(f"[results] {run.key}/{run.name}: its folder was made before the plan: left alone", flush=True)
-    if outcome:  # a finished run is kept as it is: its log and numbers stay those of the run that trained it
-        print(f"[results] {len(outcome)} run(s) already finished: kept", flush=True)
+    kept = sum(v == "done" for v in outcome.values())
+    if kept:  # a finished run is kept as it is: its log and numbers stay those of the run that trained it
+        print(f"[results] {kept} run(s) already finished: kept", flush=True)
     while pending or active:
         late = deadline_s is not None and time.monotonic() - started > deadline_s
         while pending and len(active) < parallel and not late:

@@ -22,7 +22,9 @@ RULE = ("Verdict rule (fixed in each plan before its runs): runs are paired by s
         "of one part the t-test p-values are Holm-corrected and the intervals widened to match (Bonferroni, "
         "1 - 0.05/m). A comparison is a **gain** or **worse** only when the corrected test rejects at 0.05 and "
         "the widened interval excludes 0; otherwise it is **inconclusive**, shown with its interval. Only "
-        "complete pairs count; an incomplete pair is listed as unfinished.")
+        "complete pairs count; an incomplete pair is listed as unfinished. While a plan's pairs are not all complete "
+        "the comparison is **interim** (k of n planned pairs): its interval is shown, no verdict is drawn (a verdict "
+        "at a look the plan did not schedule would be optional stopping).")
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,11 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def analyse(pairs: dict[str, dict[int, tuple[float, float]]], alpha: float = ALPHA) -> dict[str, Paired]:
+def analyse(pairs: dict[str, dict[int, tuple[float, float]]], alpha: float = ALPHA,
+            planned: dict[str, int] | None = None) -> dict[str, Paired]:
     """`pairs`: comparison -> {seed: (baseline, treatment)} of complete pairs. The comparisons are one family:
-    Holm over those with at least two pairs, intervals at 1 - alpha/m."""
+    Holm over those with at least two pairs, intervals at 1 - alpha/m. `planned`: comparison -> the pairs a
+    registered plan fixed; with fewer complete, the comparison is interim and gets no verdict."""
     testable = [k for k, v in pairs.items() if len(v) >= 2]
     m = max(1, len(testable))
     level = 1 - alpha / m
@@ -90,8 +94,10 @@ def analyse(pairs: dict[str, dict[int, tuple[float, float]]], alpha: float = ALP
         deltas = tuple(by_seed[s][1] - by_seed[s][0] for s in seeds)
         if key not in raw:
             mean = deltas[0] if deltas else math.nan
-            out[key] = Paired(seeds, deltas, mean, -math.inf, math.inf, level, math.nan, math.nan, math.nan,
-                              "too few pairs (needs 2)" if deltas else "no complete pair")
+            verdict = "too few pairs (needs 2)" if deltas else "no complete pair"
+            if len(deltas) < (planned or {}).get(key, 0):
+                verdict = f"interim ({len(deltas)} of {planned[key]} planned pairs): {verdict}"
+            out[key] = Paired(seeds, deltas, mean, -math.inf, math.inf, level, math.nan, math.nan, math.nan, verdict)
             continue
         se, p = raw[key]
         mean = statistics.mean(deltas)
@@ -99,6 +105,8 @@ def analyse(pairs: dict[str, dict[int, tuple[float, float]]], alpha: float = ALP
         low, high = mean - half, mean + half
         rejects = adjusted[key] < alpha
         verdict = ("gain" if rejects and low > 0 else "worse" if rejects and high < 0 else "inconclusive")
+        if len(deltas) < (planned or {}).get(key, 0):  # the plan's sample size not reached: interval, no verdict
+            verdict = f"interim ({len(deltas)} of {planned[key]} planned pairs): no verdict"
         out[key] = Paired(seeds, deltas, mean, low, high, level, p, adjusted[key], sign_flip_p(list(deltas)), verdict)
     return out
 
@@ -108,7 +116,8 @@ def describe(result: Paired) -> str:
     if not math.isfinite(result.p_t):
         return f"{result.verdict}" + (f" ({result.mean:+.2f} points, n = {len(result.deltas)})" if result.deltas
                                       else "")
-    word = {"gain": "**gain**", "worse": "**worse**"}.get(result.verdict, "inconclusive")
+    word = {"gain": "**gain**", "worse": "**worse**", "inconclusive": "inconclusive"}.get(result.verdict,
+                                                                                           result.verdict)
     return (f"{word}: {result.mean:+.2f} points, {100 * result.level:.1f} % interval {result.interval()}, "
             f"n = {len(result.deltas)} pairs, t-test p = {result.p_t:.3f} (Holm {result.p_holm:.3f}), "
             f"sign-flip p = {result.p_sign:.3f}")
