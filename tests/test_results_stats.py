@@ -77,3 +77,12 @@ def test_a_plan_with_pairs_still_missing_is_interim_with_no_verdict() -> None:
     single = analyse({"c": {0: strong[0]}}, planned={"c": 6})["c"]
     assert single.verdict == "interim (1 of 6 planned pairs): too few pairs (needs 2)"
     assert analyse({"c": strong}, planned={"c": 6})["c"].verdict == "gain"  # all planned pairs: the rule decides
+
+
+def test_wall_clock_pairs_only_arms_that_shared_most_of_their_time() -> None:
+    from masksub_exp.results.page import overlap_share
+
+    assert overlap_share([(0, 34)], [(0, 50)]) == pytest.approx(0.68)  # a pair started together, idle machine
+    assert overlap_share([(0, 49)], [(0, 117)]) < 0.5  # MaskSub ran on alone under another load for 68 minutes
+    assert overlap_share([(0, 34)], [(40, 90)]) == 0.0  # ran apart
+    assert overlap_share([(0, 10), (20, 40)], [(0, 40)]) == pytest.approx(0.75)  # a resumed arm: both attempts

@@ -236,10 +236,11 @@ def section_loss(groups: dict[str, list[Run]], out: Path, rel: str, keys: list[s
 
 
 def overlap_share(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    """How much of the shorter run's wall time the other run was running too (0..1)."""
+    """How much of the longer run's wall time both were running (0..1). The longer one, not the shorter: an arm
+    that ran on long after its partner saw another load (a test suite, the next pair) for that part."""
     both = sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
-    shorter = min(sum(e - s for s, e in a), sum(e - s for s, e in b))
-    return both / shorter if shorter > 0 else 0.0
+    longer = max(sum(e - s for s, e in a), sum(e - s for s, e in b))
+    return both / longer if longer > 0 else 0.0
 
 
 def section_wall_clock(root: Path, groups: dict[str, list[Run]], keys: list[str]) -> list[str]:
@@ -251,8 +252,8 @@ def section_wall_clock(root: Path, groups: dict[str, list[Run]], keys: list[str]
         spans.setdefault(a["run"], []).append((a["start"], a["end"]))
     lines = ["## Wall-clock per epoch", "",
              "Training seconds per epoch (no evaluation, no checkpoint) of the two arms of each complete pair, "
-             "and their ratio, only where the two arms ran side by side (each running for at least half of the "
-             "shorter one's wall time, from the runner's attempts.jsonl), so both saw the same machine load. Run "
+             "and their ratio, only where the two arms ran side by side (both running for at least half of the "
+             "longer one's wall time, from the runner's attempts.jsonl), so both saw the same machine load. Run "
              "times of arms that ran apart are not comparable and are not shown; "
              "`python -m masksub_exp.bench` measures the step ratio side by side in one process "
              "(benchmarks/RESULTS.md).", "", "| model | seed | baseline s/epoch | MaskSub s/epoch | ratio |",
