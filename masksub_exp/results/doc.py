@@ -29,6 +29,7 @@ from .page import (
     section_wall_clock,
 )
 from .plan import STAMP, stamped_by
+from .runs import is_complete
 from .stats import RULE
 
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -119,12 +120,16 @@ def export_record(root: Path, dest: Path) -> Path:
     for stamp in root.rglob(STAMP):
         if stamped_by(stamp.parent) != commit:
             continue
-        target = dest / stamp.parent.relative_to(root)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (STAMP, "config.yaml", "metrics.jsonl", "summary.json"):
-            if (stamp.parent / name).exists():
-                shutil.copy2(stamp.parent / name, target / name)
+        copy_run_files(stamp.parent, dest / stamp.parent.relative_to(root))
     return dest
+
+
+def copy_run_files(folder: Path, target: Path) -> None:
+    """The files of a run the page reads (its stamp, config, metrics and summary; never a checkpoint)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (STAMP, "config.yaml", "metrics.jsonl", "summary.json"):
+        if (folder / name).exists():
+            shutil.copy2(folder / name, target / name)
 
 
 def restore_record(record: Path, root: Path, commit: str) -> list[str]:
@@ -146,14 +151,9 @@ def restore_record(record: Path, root: Path, commit: str) -> list[str]:
     restored = []
     for summary in sorted(record.glob("*/*/summary.json")):
         folder, target = summary.parent, root / summary.parent.relative_to(record)
-        done = (target / "summary.json").exists() and json.loads((target / "summary.json").read_text()).get(
-            "status") == "complete"
-        if done or stamped_by(folder) != commit or json.loads(summary.read_text()).get("status") != "complete":
+        if is_complete(target) or stamped_by(folder) != commit or not is_complete(folder):
             continue
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (STAMP, "config.yaml", "metrics.jsonl", "summary.json"):
-            if (folder / name).exists():
-                shutil.copy2(folder / name, target / name)
+        copy_run_files(folder, target)
         restored.append(str(target.relative_to(root)))
     return restored
 
