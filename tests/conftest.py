@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 import masksub_exp.train  # noqa: F401  (registers the schema and resolvers)
 
-from . import parallel
+from . import parallel, warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -66,8 +67,7 @@ def smoke_overrides(**kw: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-@pytest.fixture
-def cli_env() -> dict[str, str]:
+def command_env() -> dict[str, str]:
     """Environment for running the CLI in a subprocess from the repo root."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
@@ -75,7 +75,44 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    return command_env()
+
+
 PYTHON = sys.executable
+_WARM: list[warm_python.WarmServer] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """This worker's warm Python (tests/warm_python.py), started by the first command that runs warm."""
+    server = warm_python.WarmServer(PYTHON, command_env(), tmp_path_factory.mktemp("warm"))
+    _WARM.append(server)
+    yield
+    _WARM.remove(server)
+    server.stop()
+
+
+def start_command(cmd: list[str], **kw: Any) -> subprocess.Popen | warm_python.WarmProcess:
+    """subprocess.Popen(cmd, **kw), forked from the warm Python when cmd is `python -m ...` that can run warm
+    (tests/warm_python.py says when; Popen's stdin, if given, is not passed: the commands read none)."""
+    if _WARM and _WARM[0].accepts(cmd, kw.get("env")):
+        return warm_python.WarmProcess(_WARM[0], cmd, **kw)
+    return subprocess.Popen(cmd, **kw)
+
+
+def run_command(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, **kw), warm where start_command would start it warm."""
+    if _WARM and _WARM[0].accepts(cmd, kw.get("env")):
+        return warm_python.run(_WARM[0], cmd, **kw)
+    return subprocess.run(cmd, **kw)
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m masksub_exp.train ARGS` from the repo root, output captured as text."""
+    return run_command([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
 UP_LOCK = Path(tempfile.gettempdir()) / "masksub-slurm-local-up.lock"
 _UP_LOCK_HELD: list = []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONF, PYTHON, ROOT, RUN_MAIN_SOURCE
+from .conftest import CONF, PYTHON, ROOT, RUN_MAIN_SOURCE, run_cli
 
 PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
 
@@ -54,10 +54,6 @@ def test_cfg_job_resolve_cfg_all_and_info_work_for_every_preset(cli_env: dict) -
         if r["mode"] == "all":
             assert cfg["hydra"]["run"]["dir"] == f"outputs/{r['preset']}/runs/default"
 
-
-def run_cli(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

@@ -18,7 +18,7 @@ from masksub_exp.sinks.console import ConsoleSink
 from masksub_exp.tools.report import report
 from masksub_exp.train import train
 
-from .conftest import PYTHON, ROOT, compose_cfg, smoke_overrides
+from .conftest import PYTHON, ROOT, compose_cfg, run_command, smoke_overrides
 from .wandb_records import alerts, exit_code, history, kinds, metric_definitions, run_info, tags
 from .wandb_records import summary as summary_of
 
@@ -158,7 +158,7 @@ def test_console_is_a_bar_on_a_terminal_and_lines_otherwise(capsys: pytest.Captu
 
 def test_report_on_a_real_demo_sweep(tmp_path: Path, cli_env: dict) -> None:
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
+    proc = run_command(
         [PYTHON, "-m", "masksub_exp.train", "train.max_steps=6", "train.log_every=2", "data.train_limit=2048",
          "train.progress=false", f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=600)
@@ -231,7 +231,7 @@ def test_a_requeued_slurm_job_continues_its_wandb_run_and_logs_its_slurm_ids(slu
            f"hydra.launcher.name=w{uuid.uuid4().hex[:8]}", "experiment=smoke", "model=vit_fmnist", "data.img_size=28",
            "data.synthetic_train_size=2048", "train.batch_size=32", "train.epochs=1", "train.log_every=1",
            "logger=wandb", f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_command(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [job] = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("submitted")]
     try:

@@ -20,7 +20,7 @@ import pytest
 
 from masksub_exp import checkpoints
 
-from .conftest import PYTHON, ROOT, slurm_local_up
+from .conftest import PYTHON, ROOT, run_command, slurm_local_up, start_command
 from .test_slurm import (
     DDP_ARGS,
     assert_resumed_exactly,
@@ -40,7 +40,7 @@ def sweep(args: list[str], env: dict[str, str], timeout: int = 240,
           setup: str = "export OMP_NUM_THREADS=1") -> subprocess.CompletedProcess:
     cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, f"hydra.launcher.setup=[{json.dumps(setup)}]",
            f"hydra.launcher.name=mn{uuid.uuid4().hex[:8]}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_command(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_folder(sweep_dir: Path) -> Path:
@@ -126,7 +126,7 @@ def node_loss_sweep(tmp_path: Path, name: str, train_size: int) -> list[str]:
 
 
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_command(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @contextmanager
@@ -165,7 +165,7 @@ def test_lost_node_fails_the_job_clearly_within_the_timeout_and_a_rerun_resumes(
     lost_step = checkpoints.load(run / "checkpoints" / "last.pt")["state"]["step"]
     assert lost_step >= 4
     # the same command again resumes from the last checkpoint and finishes
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_command(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from_step"] == lost_step

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .conftest import FMNIST, PYTHON, ROOT, tmpfs
+from .conftest import FMNIST, PYTHON, ROOT, run_command, tmpfs
 from .test_search import states
 
 SMOKE = ["experiment=smoke", "hydra/sweeper=optuna", "train.progress=false", "masksub.ratio=0.5"]
@@ -20,7 +20,7 @@ SMOKE = ["experiment=smoke", "hydra/sweeper=optuna", "train.progress=false", "ma
 
 def run_search(args: list[str], env: dict, sweep: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *SMOKE, *args, f"hydra.sweep.dir={sweep}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_command(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def enqueue(sweep: Path, name: str, *params: dict) -> None:

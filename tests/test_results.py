@@ -13,7 +13,7 @@ from masksub_exp.results.command import Sweep, plan, run_sweeps
 from masksub_exp.results.page import Budget
 from masksub_exp.results.plots import compare_curves
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, run_command
 
 SECTIONS = ["## Summary", "## CPU: this machine", "### Fashion-MNIST: baseline vs MaskSub (r = 0.5), paired by seed",
             "### ViT: the masking ratio", "### ViT: sub-branch variants",
@@ -27,7 +27,7 @@ def test_results_command_runs_every_sweep_on_slurm_and_writes_every_section(slur
     runs = tmp_path / "runs"
     committed = (ROOT / "docs" / "results.md").read_text()
     cmd = [PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(runs)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=1200)
+    proc = run_command(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     budget_dir = runs / TINY.tag()
     docs = budget_dir  # a pipeline check writes its page next to its runs, never over docs/
@@ -73,14 +73,14 @@ def test_a_failing_sweep_stops_the_command_with_its_log(slurm_env: dict, tmp_pat
 
 def test_without_slurm_the_command_says_how_to_start_it(tmp_path: Path, cli_env: dict) -> None:
     env = dict(cli_env, SLURM_CONF=str(tmp_path / "missing.conf"))
-    proc = subprocess.run([PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(tmp_path)], cwd=ROOT,
+    proc = run_command([PYTHON, "-m", "masksub_exp.results", "--tiny", "--runs", str(tmp_path)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "slurm-local up" in proc.stderr and "Traceback" not in proc.stderr
     assert "missing.conf does not exist" in proc.stderr
 
 
 def test_report_only_without_runs_is_a_clear_error(tmp_path: Path, cli_env: dict) -> None:
-    proc = subprocess.run([PYTHON, "-m", "masksub_exp.results", "--report-only", "--runs", str(tmp_path)],
+    proc = run_command([PYTHON, "-m", "masksub_exp.results", "--report-only", "--runs", str(tmp_path)],
                           cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no finished runs" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -15,7 +15,7 @@ from masksub_exp.results.doc import README_BEGIN, README_END, Part, readme_block
 from masksub_exp.results.plan import PlanError, load, stamp, stamped_by
 from masksub_exp.results.runs import expand
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, run_command
 
 TOY = """name: toy
 part: cpu
@@ -50,7 +50,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def results(*args: str | Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "masksub_exp.results", *map(str, args)], cwd=ROOT, env=env,
+    return run_command([PYTHON, "-m", "masksub_exp.results", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -21,7 +21,7 @@ from masksub_exp.meters import NonFiniteLoss
 from masksub_exp.step import Precision, apply_gradients
 from masksub_exp.train import train
 
-from .conftest import PYTHON, ROOT, compose_cfg, smoke_overrides
+from .conftest import PYTHON, ROOT, compose_cfg, run_cli, smoke_overrides, start_command
 
 SMOKE = ["experiment=smoke", "train.progress=false"]
 SLURM_BAD_SHAPE = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=2", "hydra.launcher.tasks_per_node=1"]
@@ -73,10 +73,6 @@ BAD_INPUTS = [
     (["model.checkpoint=/nonexistent/weights.pt"], "model.checkpoint"),
 ]
 
-
-def run_cli(args: list[str], env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow  # 43 command-line starts (~150 s of imports, 2 at a time)
@@ -226,7 +222,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(tmp_path: Pa
     args = [*KILL_RUN, f"hydra.run.dir={run}"]
     last_step, kills_during_write = 0, 0
     for _ in range(20):
-        proc = subprocess.Popen([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env,
+        proc = start_command([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = steps_logged(run)
         deadline = time.monotonic() + 120
@@ -264,7 +260,7 @@ def test_sigterm_and_sigint_save_and_exit_cleanly(tmp_path: Path, cli_env: dict,
                                                   code: int) -> None:
     run = tmp_path / "run"
     args = [*KILL_RUN, "train.ckpt_every=0", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env,
+    proc = start_command([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while steps_logged(run) < 3 and time.monotonic() < deadline:

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from masksub_exp.config import ConfigError
 from masksub_exp.pretrained import load_state_dict_file
 from masksub_exp.safe_load import UnsafeCheckpointError, is_torchscript_archive, refused_globals
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, run_command
 
 
 class ShellPlant:
@@ -192,7 +191,7 @@ def test_cli_refuses_a_malicious_file_in_one_line(tmp_path: Path, cli_env: dict,
         expected = [f"{evil}: refused", "needs shutil.copyfile,", "model.trust_checkpoint_globals=[shutil.copyfile]",
                     "train.resume=never"]
     before = evil.read_bytes()
-    proc = subprocess.run([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env, capture_output=True,
+    proc = run_command([PYTHON, "-m", "masksub_exp.train", *args], cwd=ROOT, env=cli_env, capture_output=True,
                           text=True, timeout=300)
     assert not marker.exists(), "the file's payload ran"  # first: what the old weights_only=False reading did
     lines = one_line(proc.stderr)

@@ -14,7 +14,7 @@ import pytest
 
 from masksub_exp.tools.report import report
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, run_command, start_command
 from .test_slurm import wait_until
 
 SEARCH = ["experiment=smoke", "hydra/sweeper=optuna", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
@@ -36,7 +36,7 @@ def states(db: Path) -> list[tuple[int, str]]:
 def test_search_without_holdout_is_refused(tmp_path: Path, cli_env: dict) -> None:
     cmd = [PYTHON, "-m", "masksub_exp.train", "-m", "experiment=smoke", "hydra/sweeper=optuna",
            f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120)
+    proc = run_command(cmd, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "data.holdout" in proc.stderr and "Traceback" not in proc.stderr
     assert not states(tmp_path / "optuna.db")  # refused before any trial
 
@@ -49,7 +49,7 @@ def test_search_on_slurm_survives_a_kill_and_holds_every_trial_once(slurm_env: d
     db = tmp_path / "optuna.db"
     # 1. start the 4-trial search (2 slots, each taking a new trial as soon as its trial ends); kill the sweeper
     # (SIGKILL, no clean-up) once all 4 trials are asked and some still run
-    first = subprocess.Popen(cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    first = start_command(cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     try:
         wait_until(lambda: len(states(db)) == 4 and any(s == "RUNNING" for _, s in states(db)), 300,
@@ -69,7 +69,7 @@ def test_search_on_slurm_survives_a_kill_and_holds_every_trial_once(slurm_env: d
     wait_until(queue_empty, 300, "the killed sweep's jobs to leave the queue", interval=0.5)
 
     # 2. the same command again: runs the trials left running (their run folders resume), asks nothing new
-    second = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=600)
+    second = run_command(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert f"Resuming trial(s) {running}" in second.stdout + second.stderr
     assert states(db) == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE"), (3, "COMPLETE")]
@@ -93,7 +93,7 @@ def test_search_on_slurm_survives_a_kill_and_holds_every_trial_once(slurm_env: d
     assert search["best"]["value"] == max(t["value"] for t in trials)
 
     # 3. once more: the study is complete, nothing is launched
-    third = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=300)
+    third = run_command(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "sweep output dir" not in third.stdout + third.stderr
     assert len(states(db)) == 4
 

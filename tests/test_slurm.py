@@ -18,7 +18,7 @@ import torch
 from masksub_exp import checkpoints
 from masksub_exp.train import train
 
-from .conftest import PYTHON, ROOT, compose_cfg
+from .conftest import PYTHON, ROOT, compose_cfg, run_command, start_command
 
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3",
@@ -29,7 +29,7 @@ def sweep(args: list[str], env: dict[str, str], tasks: int = 1, timeout: int = 3
     shape = [] if any("tasks_per_node" in a for a in args) else [f"hydra.launcher.tasks_per_node={tasks}"]
     cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, *shape, f"hydra.launcher.name=t{uuid.uuid4().hex[:8]}",
            *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_command(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
@@ -146,7 +146,7 @@ def test_cancelled_job_is_reported_and_nothing_hangs(slurm_env: dict, tmp_path: 
     name = f"j{uuid.uuid4().hex[:8]}"  # nothing in the names may contain "cancel": only SLURM's report can
     cmd = [PYTHON, "-m", "masksub_exp.train", "-m", *LAUNCHER, "hydra.launcher.tasks_per_node=1",
            f"hydra.launcher.name={name}", *PREEMPT_ARGS, "train.epochs=50", f"hydra.sweep.dir={tmp_path}"]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    launcher = start_command(cmd, cwd=ROOT, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     try:
         job = wait_until(lambda: subprocess.run(["squeue", "-h", "-t", "R", "-n", name, "-o", "%i"], env=slurm_env,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from masksub_exp import checkpoints
 from masksub_exp.config import ConfigError
 from masksub_exp.train import train
 
-from .conftest import FMNIST, PYTHON, ROOT, compose_cfg, smoke_overrides
+from .conftest import FMNIST, PYTHON, ROOT, compose_cfg, run_command, smoke_overrides
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -104,7 +103,7 @@ def test_accumulation_and_bf16_run(tmp_path: Path) -> None:
 def test_cli_demo_sweep_writes_both_runs_and_prints_both_accuracies(tmp_path: Path, cli_env: dict) -> None:
     if not FMNIST.is_dir():
         pytest.fail(f"{FMNIST} is missing: run `make test` (it installs dataset-fashion-mnist)")
-    proc = subprocess.run(
+    proc = run_command(
         [PYTHON, "-m", "masksub_exp.train", "train.max_steps=3", "train.log_every=1", "data.train_limit=2048",
          f"hydra.sweep.dir={tmp_path}"],
         cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=600,
@@ -122,7 +121,7 @@ def test_cli_demo_sweep_writes_both_runs_and_prints_both_accuracies(tmp_path: Pa
 
 
 def test_cli_config_error_is_one_clear_line(tmp_path: Path, cli_env: dict) -> None:
-    proc = subprocess.run(
+    proc = run_command(
         [PYTHON, "-m", "masksub_exp.train", "experiment=smoke", "masksub.ratio=1.2", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120,
     )

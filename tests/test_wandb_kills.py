@@ -11,7 +11,7 @@ import pytest
 
 from masksub_exp import checkpoints
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, start_command
 from .test_logging import jsonl_steps, metric_steps, metric_steps_of, wandb_files
 from .wandb_records import exit_code
 
@@ -66,7 +66,7 @@ def test_a_sigkilled_offline_run_reaches_wandb_with_every_step_once(offline: Non
              (every_step, lambda: wandb_ahead_of_checkpoint(run, ckpt))]
     at_kill = []
     for cadence, condition in kills:
-        proc = subprocess.Popen([*args, *cadence], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        proc = start_command([*args, *cadence], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             wait_until(proc, condition, "the kill point")
