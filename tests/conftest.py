@@ -87,6 +87,9 @@ _WARM: list[warm_python.WarmServer] = []
 @pytest.fixture(scope="session", autouse=True)
 def _warm_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """This worker's warm Python (tests/warm_python.py), started by the first command that runs warm."""
+    if os.environ.get("MASKSUB_TESTS_COLD"):  # every command a fresh interpreter (to compare, or to rule it out)
+        yield
+        return
     server = warm_python.WarmServer(PYTHON, command_env(), tmp_path_factory.mktemp("warm"))
     _WARM.append(server)
     yield

@@ -15,8 +15,9 @@ from . import warm_python
 from .conftest import command_env
 
 PROBE = """
-import json, os, sys, threading, time
+import atexit, json, os, sys, threading, time
 import torch
+atexit.register(lambda: print("atexit handlers run"))
 print(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[:2], "name": __name__,
                   "probe": os.environ.get("PROBE"), "threads": torch.get_num_threads(),
                   "main": sys.modules["__main__"].__spec__.name}))
@@ -24,6 +25,10 @@ print("to stderr", file=sys.stderr)
 threading.Thread(target=lambda: print("a non-daemon thread ends before exit")).start()
 if sys.argv[1] == "wait":
     time.sleep(600)
+if sys.argv[1] == "interrupt":
+    raise KeyboardInterrupt
+if sys.argv[1] == "crash":
+    raise ValueError("a crash")
 sys.exit(int(sys.argv[1]))
 """
 
@@ -41,18 +46,23 @@ def probe_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": f"{tmp_path}:{env['PYTHONPATH']}", "PROBE": "yes", **extra}
 
 
-def test_a_warm_command_is_what_a_fresh_interpreter_is(server: warm_python.WarmServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("end", ["3", "crash", "interrupt"])
+def test_a_warm_command_is_what_a_fresh_interpreter_is(server: warm_python.WarmServer, tmp_path: Path,
+                                                       end: str) -> None:
     env, cwd = probe_env(tmp_path), tmp_path / "elsewhere"
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "probe_mod", "3"]
+    cmd = [sys.executable, "-m", "probe_mod", end]
     assert server.accepts(cmd, env)
     cold = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     warm = warm_python.run(server, cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+    assert warm.returncode == cold.returncode == {"3": 3, "crash": 1, "interrupt": -signal.SIGINT}[end]
+    assert warm.stdout == cold.stdout
+    assert "atexit handlers run" in warm.stdout and "non-daemon thread ends" in warm.stdout
+    last = lambda err: err.strip().splitlines()[-1]  # noqa: E731  (the traceback's frames differ: runpy's)
+    assert last(warm.stderr) == last(cold.stderr) and ("Traceback" in warm.stderr) == (end != "3")
     seen = json.loads(warm.stdout.splitlines()[0])
     assert seen["cwd"] == str(cwd) and seen["probe"] == "yes" and seen["name"] == "__main__"
     assert seen["main"] == "probe_mod" and seen["path0"] == [str(cwd), str(tmp_path)]
-    assert warm.returncode == 3 and "non-daemon thread ends" in warm.stdout
 
 
 def test_signals_reach_the_command_and_its_end_is_reported_like_popens(server: warm_python.WarmServer,
