@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import checkpoints, mask_preview
+from . import checkpoints, host, mask_preview
 from .build import Parts
 from .checkpoints import TrainState
 from .data.imagefolder import count_bad_images
@@ -227,6 +227,7 @@ def fit(p: Parts, state: TrainState, stop: StopSignal | None = None,
         "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "wall_time_s": time.perf_counter() - started,
         **({"epoch_train_s": sum(epoch_seconds) / len(epoch_seconds)} if epoch_seconds else {}),
+        "machine": host.describe(p.dist.device),  # this session's: the page names every machine a budget ran on
         "world_size": p.dist.world_size,
         "global_batch": p.batch_size * p.dist.world_size,
         "batch_plan": p.batch_plan,

@@ -84,6 +84,7 @@ def test_slurm_cpu_runs_on_the_local_cluster(slurm_env: dict, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "train.max_steps=2" / "summary.json").read_text())
     assert summary["step"] == 2 and summary["world_size"] == 1
+    assert " CPU cores (" in summary["machine"] and summary["machine"].endswith("CPU only")  # where it ran
     [script] = list((tmp_path / ".submitit").rglob("*_submission.sh"))
     text = script.read_text()
     assert "#SBATCH --cpus-per-task=4" in text and "#SBATCH --ntasks-per-node=1" in text

@@ -15,7 +15,7 @@ from masksub_exp.results.plots import compare_curves
 
 from .conftest import PYTHON, ROOT, run_command
 
-SECTIONS = ["## Summary", "## CPU: this machine", "### Fashion-MNIST: baseline vs MaskSub (r = 0.5), paired by seed",
+SECTIONS = ["## Summary", "## CPU part", "### Fashion-MNIST: baseline vs MaskSub (r = 0.5), paired by seed",
             "### ViT: the masking ratio", "### ViT: sub-branch variants",
             "### ViT with little data and a long schedule", "### BERT: MiniLM on the 2016 election tweets",
             "### Training loss of the main branch", "### Wall-clock per epoch"]
@@ -151,6 +151,23 @@ def test_local_runner_trains_writes_the_plan_and_reports_runs_cut_by_the_deadlin
     assert "as local processes" in page
 
 
+def test_local_runner_keeps_the_log_of_every_attempt_of_an_unfinished_run(tmp_path: Path, cli_env: dict,
+                                                                         monkeypatch) -> None:
+    """A run that failed is tried again by the next call; its log gains the new attempt and keeps the first
+    one's output (the reason it stopped), each under a dated header."""
+    from masksub_exp.results.runs import expand, run_locally
+
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    runs = expand("fmnist_vit", "results/vit", {"masksub": "off"}, [0], ["train.no_such_key=1"])
+    for _ in range(2):
+        assert run_locally(runs, tmp_path, parallel=1, threads=1, device="cpu") == {
+            "fmnist_vit/masksub=off,seed=0": "exit 2"}
+    log = (tmp_path / "fmnist_vit" / "masksub=off,seed=0.log").read_text()
+    assert log.count("[results] attempt started ") == 2
+    assert log.count("no_such_key") >= 2, log  # the refusal of both attempts
+
+
 @pytest.mark.fast  # the inner loop: `make test-fast`
 def test_budget_json_keeps_every_call_that_ran_under_the_budget(tmp_path: Path) -> None:
     """A second call for more sweeps (ratio, variants) is a new part: the first call's record stays."""
@@ -194,7 +211,7 @@ def test_page_gets_a_gpu_part_from_committed_runs(tmp_path: Path) -> None:
               "sweeps": ["fmnist_vit"], "machine": "NVIDIA TEST GPU, torch 9"}
     (gpu / "budget.json").write_text(json.dumps(record))
     page = write_page(cpu, tmp_path / "page", Budget(seeds=1), "cmd", gpu_root=gpu).read_text()
-    assert page.index("## CPU: this machine") < page.index("## GPU, exploratory")
+    assert page.index("## CPU part") < page.index("## GPU, exploratory")
     assert "NVIDIA TEST GPU, torch 9" in page and "Fashion-MNIST 20 epoch(s)" in page
     assert (tmp_path / "page" / "results" / "gpu").is_dir()
     no_gpu = write_page(cpu, tmp_path / "page2", Budget(seeds=1), "cmd", gpu_root=tmp_path / "absent").read_text()

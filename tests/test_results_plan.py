@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from masksub_exp.results.command import plan as sweeps
-from masksub_exp.results.doc import README_BEGIN, README_END, Part, readme_block, write_page
+from masksub_exp.results.doc import README_BEGIN, README_END, Part, machines, readme_block, write_page
 from masksub_exp.results.plan import PlanError, load, stamp, stamped_by
 from masksub_exp.results.runs import expand
+from masksub_exp.tools.report import Run
 
 from .conftest import PYTHON, ROOT, run_command
 
@@ -136,6 +137,7 @@ def test_a_plan_runs_pair_by_pair_stamps_its_runs_and_its_page_prints_the_plan_c
     assert "Not counted" in page and "masksub=off,seed=1" in page
     assert "ViT (" in page and "| 1 |" in page and "too few pairs (needs 2)" in page
     assert "seed 1 (baseline missing" in page  # the stale baseline is not paired with the stamped MaskSub run
+    assert "CPU only (3 run(s))" in page  # the machine each counted run recorded, not the page writer's
     # a machine that kept only git (the record): the same command trains nothing that finished
     for name in ("masksub=mask,seed=0", "masksub=off,seed=0", "masksub=mask,seed=1"):
         shutil.rmtree(root / "fmnist_vit" / name)
@@ -159,6 +161,18 @@ def test_readme_evidence_block_is_generated_from_the_committed_page_data(tmp_pat
     readme = (ROOT / "README.md").read_text()
     committed = readme[readme.index(README_BEGIN):readme.index(README_END) + len(README_END)]
     assert committed == readme_block(page), "rerun `python -m masksub_exp.results --plan ... --report-only`"
+
+
+@pytest.mark.fast  # the inner loop: `make test-fast`
+def test_the_page_names_the_machines_the_runs_recorded_and_says_when_runs_did_not() -> None:
+    """A budget run in parts: each machine with its count of runs, never the page writer's machine in their place."""
+    def run(machine: str | None) -> Run:
+        return Run(Path("r"), {"model": "m", "recipe": "r", **({"machine": machine} if machine else {})}, {})
+
+    runs = [run("2 CPU cores (AMD EPYC)"), run("2 CPU cores (Intel Xeon)"), run("2 CPU cores (AMD EPYC)"), run(None)]
+    assert machines(runs, "writer") == ("2 CPU cores (AMD EPYC) (2 run(s)); 2 CPU cores (Intel Xeon) (1 run(s)); "
+                                        "not recorded by 1 run(s) made before runs recorded it")
+    assert machines([run(None)], "the writer (runs did not record theirs)") == "the writer (runs did not record theirs)"
 
 
 def test_pairs_are_scheduled_as_pairs_slower_arm_first() -> None:

@@ -4,10 +4,9 @@ its own budget, machine, plan (or the word "exploratory") and verdicts; plus REA
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,13 +35,9 @@ README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def cpu_machine() -> str:
-    import torch  # only for its version string: the page names what ran the runs
+    from .. import host  # imports torch: only when a page is written
 
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                 platform.processor())
-    return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, CPU only"
+    return host.describe()
 
 
 def git_commit() -> str:
@@ -169,7 +164,19 @@ def first_start(part: Part) -> str | None:
     return min((t for t in times if t), default=None)
 
 
+def machines(runs: list[Run], fallback: str) -> str:
+    """The machines the runs recorded (summary.json's "machine", with how many runs each); `fallback` when none
+    did (runs made before runs recorded it)."""
+    counts = Counter(r.summary.get("machine") for r in runs)
+    recorded = sorted((m, n) for m, n in counts.items() if m)
+    if not recorded:
+        return fallback
+    return "; ".join(f"{m} ({n} run(s))" for m, n in recorded) + (
+        f"; not recorded by {counts[None]} run(s) made before runs recorded it" if counts[None] else "")
+
+
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
+    """The part's plan, budget, sweeps, machines and cost. `machine`: said when no run recorded its own."""
     b = part.budget
     cost = sum(r.summary.get("wall_time_s", 0.0) for r in runs) * b.threads / 3600
     calls = part.record.get("parts") or [part.record]
@@ -198,7 +205,7 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
             + (f"; every run capped at {b.max_steps} steps" if b.max_steps else "")
             + (f"; every run with `{b.extra}`" if b.extra else ""),
             f"- Sweeps: {', '.join(part.sweeps)}",
-            f"- Ran {where}, {b.parallel} at a time, {b.threads} CPU thread(s) each, on {machine}",
+            f"- Ran {where}, {b.parallel} at a time, {b.threads} CPU thread(s) each, on {machines(runs, machine)}",
             f"- Cost: {cost:.2f} hours of run wall time in all (sum over counted runs x threads); wall clock {span}",
             ""]
 
@@ -254,8 +261,9 @@ def write_page(root: Path, out: Path, budget: Budget, command: str, gpu_root: Pa
     if not root.exists() or not (root / "budget.json").exists() and not any(root.rglob("summary.json")):
         raise SystemExit(f"error: no finished runs under {root}: run the command without --report-only first")
     cpu = Part.load(root, budget)
-    verdicts, body = render(cpu, out, "results", "CPU: this machine")
-    summary = ["## Summary", "", "CPU part:", "", *budget_lines(cpu, cpu.runs()[0], cpu_machine()),
+    verdicts, body = render(cpu, out, "results", "CPU part")
+    written_on = f"{cpu_machine()} (the machine that wrote this page: these runs did not record theirs)"
+    summary = ["## Summary", "", "CPU part:", "", *budget_lines(cpu, cpu.runs()[0], written_on),
                *[f"- {v}" for v in verdicts], ""]
     for index, (gpu_path, title) in enumerate(gpu_parts(gpu_root)):
         gpu = Part.load(gpu_path)

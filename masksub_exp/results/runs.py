@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,11 @@ def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int,
             folder.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "masksub_exp.train", *run.overrides, f"train.device={device}",
                    "train.progress=false", f"hydra.run.dir='{folder}'"]
-            log = (root / run.key / f"{run.name}.log").open("w")
+            # appended, not rewritten: a resumed run's log keeps what its earlier attempts printed (a crash's
+            # traceback, the step a deadline stopped it at); each attempt starts with a dated header line
+            log = (root / run.key / f"{run.name}.log").open("a")
+            log.write(f"[results] attempt started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC\n")
+            log.flush()
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             active.append((run, log, proc, time.time()))
         if late:
@@ -128,7 +133,8 @@ def run_locally(runs: list[PlannedRun], root: Path, parallel: int, threads: int,
                 outcome[f"{run.key}/{run.name}"] = "done" if code == 0 else "stopped (deadline)" if stopped \
                     else f"exit {code}"
                 record_attempt(root, f"{run.key}/{run.name}", began, outcome[f"{run.key}/{run.name}"])
-                print(f"[results] {run.key}/{run.name}: {outcome[f'{run.key}/{run.name}']} "
-                      f"({time.monotonic() - started:.0f} s)", flush=True)
+                print(f"[results] {run.key}/{run.name}: {outcome[f'{run.key}/{run.name}']} (this attempt "
+                      f"{time.time() - began:.0f} s; {time.monotonic() - started:.0f} s since this command started)",
+                      flush=True)
         time.sleep(0.5)  # a poll interval, not a wait for anything in particular
     return outcome
