@@ -86,3 +86,13 @@ def test_wall_clock_pairs_only_arms_that_shared_most_of_their_time() -> None:
     assert overlap_share([(0, 49)], [(0, 117)]) < 0.5  # MaskSub ran on alone under another load for 68 minutes
     assert overlap_share([(0, 34)], [(40, 90)]) == 0.0  # ran apart
     assert overlap_share([(0, 10), (20, 40)], [(0, 40)]) == pytest.approx(0.75)  # a resumed arm: both attempts
+
+
+@pytest.mark.fast  # the inner loop: `make test-fast`
+def test_a_p_value_below_a_thousandth_is_never_printed_as_zero() -> None:
+    from masksub_exp.results.stats import p_text, p_value
+
+    assert (p_value(0.0004), p_text(0.0004)) == ("< 0.001", "< 0.001")
+    assert (p_value(0.03125), p_text(0.03125)) == ("0.031", "= 0.031")
+    line = describe(analyse({"x": {s: (87.0, 87.85 + 0.01 * (s % 3)) for s in range(6)}})["x"])
+    assert "t-test p < 0.001 (Holm < 0.001)" in line and "sign-flip p = 0.031" in line and "0.000" not in line

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..tools.report import Run, mean_std
 from .plots import MAIN_MASK, loss_curves, ratio_curve
-from .stats import Paired, analyse, describe
+from .stats import Paired, analyse, describe, p_value
 
 MODELS = {"fmnist_vit": "ViT", "fmnist_vit_tokens": "ViT, 49 tokens", "fmnist_swin": "Swin",
           "fmnist_resnet": "ResNet", "vit_small_data": "ViT, little data", "bert_minilm": "MiniLM (BERT)"}
@@ -129,7 +129,8 @@ def comparison_table(rows: list[Row], family: str, planned: int | None = None) -
         tested = r.p_t == r.p_t  # not NaN
         lines.append(f"| {row.label} | {len(values)} | {mean_std(base)} | {mean_std(ours)} | {deltas} | "
                      + (f"{r.mean:+.2f} | " if r.deltas else "- | ")
-                     + (f"{r.interval()} ({100 * r.level:.1f} %) | {r.p_t:.3f} / {r.p_holm:.3f} | {r.p_sign:.3f} | "
+                     + (f"{r.interval()} ({100 * r.level:.1f} %) | {p_value(r.p_t)} / {p_value(r.p_holm)} | "
+                        f"{p_value(r.p_sign)} | "
                         if tested else "- | - | - | ")
                      + f"{r.verdict} |")
         unfinished += [f"{row.label}: {u}" for u in row.pairing.unfinished]

@@ -111,6 +111,16 @@ def analyse(pairs: dict[str, dict[int, tuple[float, float]]], alpha: float = ALP
     return out
 
 
+def p_value(p: float) -> str:
+    """'0.031', or '< 0.001' where three decimals would print a p-value of 0."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_text(p: float) -> str:
+    """'= 0.031' or '< 0.001', after a 'p'."""
+    return p_value(p) if p < 0.001 else f"= {p_value(p)}"
+
+
 def describe(result: Paired) -> str:
     """One line: verdict, mean delta, interval, n, p-values."""
     if not math.isfinite(result.p_t):
@@ -119,5 +129,5 @@ def describe(result: Paired) -> str:
     word = {"gain": "**gain**", "worse": "**worse**", "inconclusive": "inconclusive"}.get(result.verdict,
                                                                                            result.verdict)
     return (f"{word}: {result.mean:+.2f} points, {100 * result.level:.1f} % interval {result.interval()}, "
-            f"n = {len(result.deltas)} pairs, t-test p = {result.p_t:.3f} (Holm {result.p_holm:.3f}), "
-            f"sign-flip p = {result.p_sign:.3f}")
+            f"n = {len(result.deltas)} pairs, t-test p {p_text(result.p_t)} (Holm {p_text(result.p_holm)}), "
+            f"sign-flip p {p_text(result.p_sign)}")
