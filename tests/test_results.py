@@ -184,9 +184,19 @@ def test_budget_json_keeps_every_call_that_ran_under_the_budget(tmp_path: Path) 
     assert second["parts"][0]["finished"] == "1970-01-01 01:00:00 UTC" and "finished" not in second["parts"][1]
     (tmp_path / "budget.json").write_text(json.dumps(second))
     text = "\n".join(budget_lines(Part.load(tmp_path, budget), [], "a machine"))
-    assert "from 1970-01-01 00:00:00 UTC to 1970-01-01 01:00:00 UTC (fmnist_vit: `cmd one`)" in text
-    assert "from 1970-01-01 02:00:00 UTC to (no end recorded) (vit_ratio, fmnist_vit: `cmd two`)" in text
+    assert "from 1970-01-01 00:00:00 UTC to 1970-01-01 01:00:00 UTC (fmnist_vit: `cmd one`; on " in text
+    assert ("from 1970-01-01 02:00:00 UTC, end unknown (no end recorded, no run of it finished here) "
+            "(vit_ratio, fmnist_vit: `cmd two`; on ") in text  # the call names the machine it ran on
+    assert "1.00 hours of wall clock over the 1 of 2 call(s) whose end is known" in text
     assert "Sweeps: fmnist_vit, vit_ratio" in text
+    # a call stopped with its machine: the end of its last run attempt stands in, said as such, and counts
+    attempts = [{"run": "a", "start": 7200.0, "end": 9000.0}, {"run": "b", "start": 7300.0, "end": 10800.0},
+                {"run": "c", "start": 100.0, "end": 20000.0}]  # c started in the first call: not the second's end
+    (tmp_path / "attempts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in attempts))
+    text = "\n".join(budget_lines(Part.load(tmp_path, budget), [], "a machine"))
+    assert ("from 1970-01-01 02:00:00 UTC to 1970-01-01 03:00:00 UTC (the end of its last run: the call was stopped "
+            "before it recorded its own)") in text
+    assert "2.00 hours of wall clock over the 2 call(s) whose end is known" in text
 
 
 @pytest.mark.fast  # the inner loop: `make test-fast`

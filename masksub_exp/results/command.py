@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import host
 from . import plan as plan_module
 from .doc import export_record, readme_block, readme_with_block, restore_record, write_page
 from .page import MAIN_KEYS, Budget
@@ -228,7 +229,7 @@ def budget_record(root: Path, budget: Budget, sweeps: list[str], command: str, s
     parts = earlier.get("parts") or ([{k: earlier[k] for k in ("sweeps", "command", "started", "finished")
                                        if k in earlier}] if earlier else [])
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
-    parts = [*parts, {"sweeps": sweeps, "command": command, "started": when}]
+    parts = [*parts, {"sweeps": sweeps, "command": command, "started": when, "machine": host.cores()}]
     union = list(dict.fromkeys(k for part in parts for k in part.get("sweeps", [])))
     return {"budget": budget.__dict__, "sweeps": union, "parts": parts, "command": command,
             "started": parts[0].get("started", when)}

@@ -175,16 +175,46 @@ def machines(runs: list[Run], fallback: str) -> str:
         f"; not recorded by {counts[None]} run(s) made before runs recorded it" if counts[None] else "")
 
 
+def call_spans(part: Part) -> tuple[list[str], float, int]:
+    """Each call's wall clock, and the hours and count of those whose end is known. A call stopped with its machine (a
+    session's end, a kill) records no end of its own: the end of the last run attempt that started within it
+    stands in, said as such; a call with neither is said to have no known end."""
+    calls = [c for c in (part.record.get("parts") or [part.record]) if "started" in c]
+    path = part.root / "attempts.jsonl"
+    attempts = [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])]
+    starts = [datetime.strptime(c["started"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp() for c in calls]
+    spans, hours, known = [], 0.0, 0
+    for index, call in enumerate(calls):
+        begin, until = starts[index], starts[index + 1] if index + 1 < len(calls) else float("inf")
+        ends = [a["end"] for a in attempts if begin - 1 <= a["start"] < until and a.get("end")]
+        if call.get("finished"):
+            end = datetime.strptime(call["finished"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp()
+            span = f"from {call['started']} to {call['finished']}"
+        elif ends:
+            end = max(ends)
+            span = (f"from {call['started']} to {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M:%S} UTC (the end of "
+                    "its last run: the call was stopped before it recorded its own)")
+        else:
+            end = None
+            span = f"from {call['started']}, end unknown (no end recorded, no run of it finished here)"
+        if end is not None:
+            hours, known = hours + (end - begin) / 3600, known + 1
+        spans.append(span)
+    return spans, hours, known
+
+
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
     """The part's plan, budget, sweeps, machines and cost. `machine`: said when no run recorded its own."""
     b = part.budget
     cost = sum(r.summary.get("wall_time_s", 0.0) for r in runs) * b.threads / 3600
-    calls = part.record.get("parts") or [part.record]
-    spans = [f"from {c['started']} to {c.get('finished') or '(no end recorded)'}" for c in calls if "started" in c]
+    calls = [c for c in (part.record.get("parts") or [part.record]) if "started" in c]
+    spans, hours, known = call_spans(part)
     span = "-" if not spans else spans[0] if len(calls) == 1 else "; ".join(
         f"{span} ({', '.join(c.get('sweeps', []))}: `{c.get('command', '?')}`"
-        + (f"; {c['note']}" if c.get("note") else "") + ")"
-        for span, c in zip(spans, calls, strict=False))
+        + (f"; on {c['machine']}" if c.get("machine") else "") + (f"; {c['note']}" if c.get("note") else "") + ")"
+        for span, c in zip(spans, calls, strict=True))
+    clock = (f"{hours:.2f} hours of wall clock over {'the' if known == len(spans) else f'the {known} of'} "
+             f"{len(spans)} call(s) whose end is known: " if spans else "wall clock ")
     where = ("as SLURM jobs through the project's launcher (`hydra/launcher=slurm_cpu`)" if b.launcher == "slurm"
              else "as local processes (`--launcher local`, one `masksub_exp.train` per run)")
     seeds = b.seed_values()
@@ -206,7 +236,7 @@ def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
             + (f"; every run with `{b.extra}`" if b.extra else ""),
             f"- Sweeps: {', '.join(part.sweeps)}",
             f"- Ran {where}, {b.parallel} at a time, {b.threads} CPU thread(s) each, on {machines(runs, machine)}",
-            f"- Cost: {cost:.2f} hours of run wall time in all (sum over counted runs x threads); wall clock {span}",
+            f"- Cost: {cost:.2f} hours of run wall time in all (sum over counted runs x threads); {clock}{span}",
             ""]
 
 
@@ -262,7 +292,8 @@ def write_page(root: Path, out: Path, budget: Budget, command: str, gpu_root: Pa
         raise SystemExit(f"error: no finished runs under {root}: run the command without --report-only first")
     cpu = Part.load(root, budget)
     verdicts, body = render(cpu, out, "results", "CPU part")
-    written_on = f"{cpu_machine()} (the machine that wrote this page: these runs did not record theirs)"
+    written_on = (f"machines these runs did not record (made before runs recorded theirs; the calls below name theirs "
+                  f"where recorded); this page was written on {cpu_machine()}")
     summary = ["## Summary", "", "CPU part:", "", *budget_lines(cpu, cpu.runs()[0], written_on),
                *[f"- {v}" for v in verdicts], ""]
     for index, (gpu_path, title) in enumerate(gpu_parts(gpu_root)):
