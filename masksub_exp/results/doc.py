@@ -175,46 +175,47 @@ def machines(runs: list[Run], fallback: str) -> str:
         f"; not recorded by {counts[None]} run(s) made before runs recorded it" if counts[None] else "")
 
 
-def call_spans(part: Part) -> tuple[list[str], float, int]:
-    """Each call's wall clock, and the hours and count of those whose end is known. A call stopped with its machine (a
-    session's end, a kill) records no end of its own: the end of the last run attempt that started within it
-    stands in, said as such; a call with neither is said to have no known end."""
+def utc_seconds(stamp: str) -> float:
+    """A budget record's time ('2026-12-02 01:55:17 UTC') as epoch seconds."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp()
+
+
+def call_spans(part: Part) -> list[tuple[dict, str, float | None]]:
+    """Each call that ran under the budget, its wall clock in words and its hours (None when its end is unknown).
+    A call stopped with its machine (a session's end, a kill) records no end of its own: the end of the last run
+    attempt that started within it stands in, said as such."""
     calls = [c for c in (part.record.get("parts") or [part.record]) if "started" in c]
     path = part.root / "attempts.jsonl"
     attempts = [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])]
-    starts = [datetime.strptime(c["started"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp() for c in calls]
-    spans, hours, known = [], 0.0, 0
-    for index, call in enumerate(calls):
-        begin, until = starts[index], starts[index + 1] if index + 1 < len(calls) else float("inf")
+    starts = [utc_seconds(c["started"]) for c in calls] + [float("inf")]
+    spans = []
+    for call, begin, until in zip(calls, starts, starts[1:], strict=False):
         ends = [a["end"] for a in attempts if begin - 1 <= a["start"] < until and a.get("end")]
         if call.get("finished"):
-            end = datetime.strptime(call["finished"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp()
-            span = f"from {call['started']} to {call['finished']}"
+            end, span = utc_seconds(call["finished"]), f"from {call['started']} to {call['finished']}"
         elif ends:
             end = max(ends)
             span = (f"from {call['started']} to {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M:%S} UTC (the end of "
                     "its last run: the call was stopped before it recorded its own)")
         else:
-            end = None
-            span = f"from {call['started']}, end unknown (no end recorded, no run of it finished here)"
-        if end is not None:
-            hours, known = hours + (end - begin) / 3600, known + 1
-        spans.append(span)
-    return spans, hours, known
+            end, span = None, f"from {call['started']}, end unknown (no end recorded, no run of it finished here)"
+        spans.append((call, span, None if end is None else (end - begin) / 3600))
+    return spans
 
 
 def budget_lines(part: Part, runs: list[Run], machine: str) -> list[str]:
     """The part's plan, budget, sweeps, machines and cost. `machine`: said when no run recorded its own."""
     b = part.budget
     cost = sum(r.summary.get("wall_time_s", 0.0) for r in runs) * b.threads / 3600
-    calls = [c for c in (part.record.get("parts") or [part.record]) if "started" in c]
-    spans, hours, known = call_spans(part)
-    span = "-" if not spans else spans[0] if len(calls) == 1 else "; ".join(
+    calls = call_spans(part)
+    known = [hours for _, _, hours in calls if hours is not None]
+    span = "-" if not calls else calls[0][1] if len(calls) == 1 else "; ".join(
         f"{span} ({', '.join(c.get('sweeps', []))}: `{c.get('command', '?')}`"
         + (f"; on {c['machine']}" if c.get("machine") else "") + (f"; {c['note']}" if c.get("note") else "") + ")"
-        for span, c in zip(spans, calls, strict=True))
-    clock = (f"{hours:.2f} hours of wall clock over {'the' if known == len(spans) else f'the {known} of'} "
-             f"{len(spans)} call(s) whose end is known: " if spans else "wall clock ")
+        for c, span, _ in calls)
+    share = "the" if len(known) == len(calls) else f"the {len(known)} of"
+    clock = (f"{sum(known):.2f} hours of wall clock over {share} {len(calls)} call(s) whose end is known: " if calls
+             else "wall clock ")
     where = ("as SLURM jobs through the project's launcher (`hydra/launcher=slurm_cpu`)" if b.launcher == "slurm"
              else "as local processes (`--launcher local`, one `masksub_exp.train` per run)")
     seeds = b.seed_values()
